@@ -67,8 +67,10 @@ train: | $(VENV_STAMP) $(DATA_FILES)
 	$(PY) -m mechlab.main_study train --staged
 	$(PY) -m mechlab.main_study export
 
-bench: | $(VENV_STAMP)
+# Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
+bench: | $(VENV_STAMP) $(DATA_FILES)
 	$(PY) -m mechlab.bench
+	$(PY) -m mechlab.bench_patching --checkpoint checkpoints/main/model.pt
 
 # ---- reports -----------------------------------------------------------------------------------
 # Notebooks run one at a time in name order (.NOTPARALLEL), each in its own folder as cwd.

@@ -105,3 +105,23 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(tiny_task):
     teacher_forced = evaluate_split(model, tiny_task.train_eval, "x")
     greedy = evaluate_split(model, tiny_task.train_eval, "x", greedy=True)
     assert teacher_forced == pytest.approx(greedy)
+
+
+def test_recipe_table_reports_when_each_target_was_first_reached():
+    from mechlab.main_study import recipe_table
+
+    fast = [{"step": 500, "seconds": 60, "val_exact": 0.2}, {"step": 1000, "seconds": 120, "val_exact": 0.6},
+            {"step": 1500, "seconds": 180, "val_exact": 0.995}]
+    slow = [{"step": 500, "seconds": 60, "val_exact": 0.01}, {"step": 1000, "seconds": 120, "val_exact": 0.02}]
+    fast_row, slow_row = recipe_table({"fast": fast, "slow": slow}, at_step=1000)
+    assert fast_row["val exact at step 1,000"] == 0.6 and fast_row["best val exact"] == 0.995
+    assert (fast_row["step to 50%"], fast_row["minutes to 50%"]) == (1000, 2.0)
+    assert (fast_row["step to 99%"], fast_row["minutes to 99%"]) == (1500, 3.0)
+    assert slow_row["step to 50%"] is None and slow_row["steps run"] == 1000
+
+
+def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
+    from mechlab.main_study import train_variant
+
+    with pytest.raises(ValueError, match="unknown recipe variant 'fast'.*uniform_sampling"):
+        train_variant("fast", tmp_path, tmp_path)

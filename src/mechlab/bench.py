@@ -1,6 +1,6 @@
 """Training-throughput benchmark of the main model (not a test: numbers depend on the machine).
 
-    python -m mechlab.bench [--steps 30] [--batch-size 256] [--out reports/bench.json]
+    python -m mechlab.bench [--steps 30] [--batch-size 256] [--out figures/bench_training.json]
 
 Prints the machine, the measured fp32 matmul peak, training throughput (examples/s, tokens/s
 and achieved GFLOP/s estimated as 6 * parameters * tokens per second), and, from the committed
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,24 +19,28 @@ import torch
 
 from .arithmetic import ANSWER_START, N_ANSWER_TOKENS, answer_loss, main_model_config
 from .io import write_json_atomic
+from .main_study import first_reaching
 from .model import build_model, count_parameters, default_device
 from .tokenizer import VOCAB
 
 
-def machine_name() -> str:
-    """CPU model (and GPU name when CUDA is used), e.g. 'Intel(R) Xeon(R) ... , 2 threads'."""
+def machine_info() -> dict:
+    """The machine a benchmark ran on: CPU model, logical CPUs, torch threads and version, the
+    load average when it started (other work on a shared CPU slows every number down), GPU."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    name = f"{cpu}, {torch.get_num_threads()} torch threads"
-    if torch.cuda.is_available():
-        name += f"; GPU {torch.cuda.get_device_name()}"
-    return name
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = []
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_at_start": load, "device": str(default_device()),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _sync(device: torch.device) -> None:
@@ -89,9 +94,9 @@ def time_to_target(metrics_path: Path, metric: str = "val_exact", target: float 
     if not metrics_path.exists():
         return {"reached": False, "note": f"no training record at {metrics_path}"}
     rows = json.loads(metrics_path.read_text())
-    for row in rows:
-        if row.get(metric, 0.0) >= target:
-            return {"reached": True, "step": row["step"], "minutes": row["seconds"] / 60, metric: row[metric]}
+    hit = first_reaching(rows, metric, target)
+    if hit:
+        return {"reached": True, "step": hit["step"], "minutes": hit["seconds"] / 60, metric: hit[metric]}
     best = max(rows, key=lambda r: r.get(metric, 0.0))
     return {"reached": False, "best": best.get(metric), "best_step": best["step"],
             "steps_run": rows[-1]["step"], "minutes_run": rows[-1]["seconds"] / 60}
@@ -102,17 +107,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--metrics", type=Path, default=Path("checkpoints/main/metrics.json"))
-    parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("--out", type=Path, default=Path("figures/bench_training.json"))
     args = parser.parse_args()
     device = default_device()
-    result = {"machine": machine_name(), "device": str(device),
+    result = {"machine": machine_info(),
               "matmul_peak_gflops": matmul_peak_gflops(device),
               "training": training_throughput(device, args.steps, args.batch_size),
               "time_to_99": time_to_target(args.metrics)}
     result["training"]["fraction_of_peak"] = result["training"]["gflops"] / result["matmul_peak_gflops"]
     write_json_atomic(args.out, result)
     t = result["training"]
-    print(f"machine: {result['machine']} ({device})")
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['torch_threads']} torch threads, {m['gpu'] or 'no GPU'} ({device}); "
+          f"load average at start {' '.join(m['loadavg_at_start'])}")
     print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.0f} GFLOP/s")
     print(f"training: {t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s, "
           f"{t['gflops']:.1f} GFLOP/s ({100 * t['fraction_of_peak']:.0f}% of peak), batch {t['batch_size']}")

@@ -3,9 +3,9 @@ sweep (`get_act_patch_attn_head_out_by_pos`: n_layers x pos x n_heads patches) o
 architecture (4 layers, 8 heads, d_model 128; 4 x 25 x 8 = 800 patched indices).
 
     python -m mechlab.bench_patching [--prompts 1 8 64] [--metric logit_diff exact] [--threads 1]
-                                     [--checkpoint PATH] [--out reports/bench_patching.json]
+                                     [--checkpoint PATH] [--out figures/bench_patching.json]
                                      [--figure bench_patching]
-    python -m mechlab.bench_patching --plot-only [--out reports/bench_patching.json]  # figure from saved JSON
+    python -m mechlab.bench_patching --plot-only [--out figures/bench_patching.json]  # figure from saved JSON
 
 For each prompt count it times both on the same inputs (best of --repeats), checks the largest
 absolute difference between their results, prints a table and writes it as JSON with the
@@ -21,35 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from .arithmetic import main_model_config
+from .bench import machine_info
 from .data import MODULUS, Example, bucket_of, read_jsonl
 from .io import write_json_atomic
 from .model import build_model, load_checkpoint
 from .patching import ExactMatchMetric, LogitDiffMetric, batched_patch, make_pairs, run_cache, tl_patch
-
-
-def machine_info() -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model_name = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "unknown")
-    except OSError:
-        model_name = "unknown"
-    try:
-        load = open("/proc/loadavg").read().split()[:3]
-    except OSError:
-        load = []
-    import os
-
-    return {"cpu": model_name, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": load, "device": "cpu"}
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
@@ -140,7 +122,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--out", type=Path, default=Path("reports/bench_patching.json"))
+    parser.add_argument("--out", type=Path, default=Path("figures/bench_patching.json"))
     parser.add_argument("--figure", default="bench_patching", help="figures/NAME.png (+ .svg); '' for none")
     parser.add_argument("--plot-only", action="store_true", help="only redraw the figure from --out")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
     python -m mechlab.main_study train  [--quick] [--run-dir runs/main]   # resumes if interrupted
     python -m mechlab.main_study export [--run-dir runs/main] [--out checkpoints/main]
     python -m mechlab.main_study evaluate [--checkpoint checkpoints/main/model.pt]
+    python -m mechlab.main_study sweep  [--variant NAME ...]   # the recipe variants of notebook 01
 
 `make train` runs train then export; `make all` uses the committed `checkpoints/main/`.
 """
@@ -33,16 +34,28 @@ TRAIN_CONFIG = TrainConfig(
 # How checkpoints/main was made: the 12,000-step recipe up to step 2,500, then the horizon cut to
 # 5,500 steps (the cosine decay re-aimed at the new end) to finish within one CPU session.
 STAGES = ({"stop_after_steps": 2_500}, {"max_steps": 5_500})
+# What else was tried, for notebook 01's recipe table. Each variant changes one thing in the main
+# recipe (same data, seed and 12,000-step cosine horizon) and trains for SWEEP_STEPS steps, so its
+# record can be laid beside the main run's first SWEEP_STEPS steps. name -> (description, changes);
+# "bucket_weights" changes the sampling, every other key a TrainConfig field.
+SWEEP_STEPS = 2_000
+RECIPE_VARIANTS: dict[str, tuple[str, dict]] = {
+    "uniform_sampling": ("uniform sampling (no bucket weights)", {"bucket_weights": None}),
+    "seed_lr": ("lr 3e-4 (the seed's)", {"lr": 3e-4}),
+    "weight_decay_1": ("weight decay 1.0", {"weight_decay": 1.0}),
+}
+SWEEP_DIR = Path("checkpoints/main/sweep")  # the variants' metrics records (committed)
 QUICK_TRAIN_CONFIG = dataclasses.replace(TRAIN_CONFIG, max_steps=40, warmup_steps=10, eval_every=20, checkpoint_every=20)
 QUICK_SPLIT_LIMIT = 512  # quick mode trains and validates on the first rows only
 EVAL_SETS = ("test", "ood_4digit", "ood_mod97", "ood_mod127", "ood_edge", "ood_adversarial")
 
 
-def make_task(data_dir: Path, quick: bool = False) -> ArithmeticTask:
+def make_task(data_dir: Path, quick: bool = False,
+              bucket_weights: dict[str, float] | None = BUCKET_WEIGHTS) -> ArithmeticTask:
     limit = QUICK_SPLIT_LIMIT if quick else None
     train_split = ArithmeticSplit.load(data_dir, "train", limit)
     val_split = ArithmeticSplit.load(data_dir, "val", limit)
-    return ArithmeticTask(train_split, val_split, BATCH_SIZE, seed=TRAIN_CONFIG.seed, bucket_weights=BUCKET_WEIGHTS,
+    return ArithmeticTask(train_split, val_split, BATCH_SIZE, seed=TRAIN_CONFIG.seed, bucket_weights=bucket_weights,
                           train_eval_size=limit or 2000)
 
 
@@ -60,6 +73,42 @@ def train_main(data_dir: Path, run_dir: Path, quick: bool = False, progress: boo
     model = build_model(main_model_config(seed=cfg.seed))
     print(f"main model: {count_parameters(model):,} parameters")
     return train(model, make_task(data_dir, quick), cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
+
+
+def train_variant(name: str, data_dir: Path, run_root: Path, quick: bool = False, progress: bool = True) -> TrainResult:
+    """Train recipe variant `name` (see RECIPE_VARIANTS) for SWEEP_STEPS steps into `run_root/name`
+    (resumable like any run)."""
+    if name not in RECIPE_VARIANTS:
+        raise ValueError(f"unknown recipe variant {name!r}; choose from {sorted(RECIPE_VARIANTS)}")
+    changes = dict(RECIPE_VARIANTS[name][1])
+    bucket_weights = changes.pop("bucket_weights", BUCKET_WEIGHTS)
+    cfg = dataclasses.replace(QUICK_TRAIN_CONFIG if quick else TRAIN_CONFIG, **changes)
+    model = build_model(main_model_config(seed=cfg.seed))
+    steps = QUICK_TRAIN_CONFIG.max_steps if quick else SWEEP_STEPS
+    return train(model, make_task(data_dir, quick, bucket_weights), cfg, Path(run_root) / name, progress=progress,
+                 stop_after_steps=steps)
+
+
+def first_reaching(history: list[dict], metric: str, target: float) -> dict | None:
+    """The first metrics row whose `metric` is >= `target`, or None."""
+    return next((row for row in history if row.get(metric, -1.0) >= target), None)
+
+
+def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[float, ...] = (0.5, 0.99)) -> list[dict]:
+    """One row per recipe (name -> metrics history): validation exact match at `at_step`, the best
+    reached, and the step and training minutes at which each target was first reached (None if never)."""
+    table = []
+    for name, history in records.items():
+        at = [row for row in history if row["step"] <= at_step]
+        row = {"recipe": name, "steps run": history[-1]["step"],
+               f"val exact at step {at_step:,}": at[-1]["val_exact"] if at else None,
+               "best val exact": max(r["val_exact"] for r in history)}
+        for target in targets:
+            hit = first_reaching(history, "val_exact", target)
+            row[f"step to {target:.0%}"] = hit["step"] if hit else None
+            row[f"minutes to {target:.0%}"] = round(hit["seconds"] / 60, 1) if hit else None
+        table.append(row)
+    return table
 
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
@@ -84,7 +133,7 @@ def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "export", "evaluate"])
+    parser.add_argument("command", choices=["train", "export", "evaluate", "sweep"])
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--run-dir", type=Path, default=Path("runs/main"))
     parser.add_argument("--out", type=Path, default=Path("checkpoints/main"))
@@ -93,12 +142,18 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
     parser.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
     parser.add_argument("--staged", action="store_true", help="run the STAGES that made checkpoints/main")
+    parser.add_argument("--variant", nargs="*", default=list(RECIPE_VARIANTS), help="sweep: which recipe variants")
     args = parser.parse_args()
     if args.command == "train":
         stages = STAGES if args.staged else ({"max_steps": args.max_steps, "stop_after_steps": args.stop_after_steps},)
         for stage in stages:
             result = train_main(args.data_dir, args.run_dir, args.quick, **stage)
             print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
+    elif args.command == "sweep":
+        for name in args.variant:
+            result = train_variant(name, args.data_dir, args.run_dir.parent / "sweep", args.quick)
+            write_json_atomic(SWEEP_DIR / f"{name}.json", result.history)
+            print(f"{name}: {result.steps} steps ({result.seconds / 60:.1f} min), wrote {SWEEP_DIR / name}.json")
     elif args.command == "export":
         print(f"exported {export_run(args.run_dir, args.out)}")
     else:
