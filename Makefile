@@ -64,7 +64,7 @@ data: | $(VENV_STAMP)
 	$(PY) -m mechlab.data data
 
 train: | $(VENV_STAMP) $(DATA_FILES)
-	$(PY) -m mechlab.main_study train --staged
+	$(PY) -m mechlab.main_study train
 	$(PY) -m mechlab.main_study export
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.

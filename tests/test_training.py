@@ -61,6 +61,15 @@ def test_resume_refuses_a_run_with_another_train_config(tiny_task, tmp_path):
         train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(lr=1e-2), tmp_path, progress=False)
 
 
+def test_resume_may_extend_the_run_and_re_aim_its_decay(tiny_task, tmp_path):
+    model = build_model(TINY, device="cpu")
+    train(model, tiny_task, tiny_train_config(max_steps=20), tmp_path, progress=False)
+    longer = tiny_train_config(max_steps=30, decay_steps=20)  # then constant at the floor
+    result = train(model, tiny_task, longer, tmp_path, progress=False)
+    assert [row["step"] for row in result.history] == [10, 20, 30]
+    assert result.history[-1]["lr"] == pytest.approx(longer.lr * longer.min_lr_frac)
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = build_model(TINY, device="cpu")
     save_checkpoint(model, TINY, tmp_path / "model.pt")
@@ -91,6 +100,8 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert learning_rate(cfg, 9) == pytest.approx(1.0)
     assert learning_rate(cfg, 55) == pytest.approx(0.55)
     assert learning_rate(cfg, 100) == pytest.approx(0.1)
+    early_floor = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_frac=0.1, decay_steps=50)
+    assert learning_rate(early_floor, 50) == learning_rate(early_floor, 99) == pytest.approx(0.1)
 
 
 def test_stop_metric_ends_training_early(tiny_task):
@@ -125,3 +136,16 @@ def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="unknown recipe variant 'fast'.*uniform_sampling"):
         train_variant("fast", tmp_path, tmp_path)
+
+
+def test_rebalancing_draws_every_digit_length_class_equally_often_from_its_step(tiny_task):
+    from collections import defaultdict
+
+    from mechlab.arithmetic import digit_lengths
+
+    task = ArithmeticTask(tiny_task.train, tiny_task.val, batch_size=32, length_balance=1.0, rebalance_from=10)
+    assert torch.equal(task.sampling_weights(9), torch.ones(len(task.train)))
+    mass = defaultdict(float)
+    for row, w in zip(task.train.rows, task.sampling_weights(10).tolist()):
+        mass[digit_lengths(row)] += w
+    assert len(mass) > 1 and max(mass.values()) == pytest.approx(min(mass.values()))

@@ -3,7 +3,7 @@ loss, and greedy exact-match evaluation (the one evaluation path for every split
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,20 +140,30 @@ class ArithmeticTask:
     (and on a fixed slice of `train`, to show the train/validation gap).
 
     bucket_weights: relative sampling weight per bucket at training time (default: uniform
-    over examples). Batches are drawn with replacement from a generator seeded by
-    (seed, step), so batch(step) is reproducible and a resumed run sees the same data.
+    over examples). From step `rebalance_from` on, each example's weight is also multiplied by
+    count(its operand digit lengths) ** -length_balance, which draws rare layouts such as 3+1
+    digits more often (0 = no change, 1 = every digit-length class equally often). Batches are
+    drawn with replacement from a generator seeded by (seed, step), so batch(step) is
+    reproducible and a resumed run sees the same data.
     """
 
     def __init__(self, train: ArithmeticSplit, val: ArithmeticSplit, batch_size: int, seed: int = 0,
-                 bucket_weights: dict[str, float] | None = None, train_eval_size: int = 2000):
+                 bucket_weights: dict[str, float] | None = None, train_eval_size: int = 2000,
+                 length_balance: float = 0.0, rebalance_from: int = 0):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
         weights = [1.0 if bucket_weights is None else bucket_weights[r["bucket"]] for r in train.rows]
         self.weights = torch.tensor(weights, dtype=torch.float)
+        self.rebalanced_weights = self.weights * length_balance_factors(train.rows, length_balance)
+        self.rebalance_from = rebalance_from
         self.train_eval = ArithmeticSplit(train.rows[:train_eval_size], train.tokens[:train_eval_size])
+
+    def sampling_weights(self, step: int) -> torch.Tensor:
+        """[n_train] relative probability of drawing each training example at `step`."""
+        return self.rebalanced_weights if step >= self.rebalance_from else self.weights
 
     def batch(self, step: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        idx = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=gen)
+        idx = torch.multinomial(self.sampling_weights(step), self.batch_size, replacement=True, generator=gen)
         return self.train.tokens[idx]
 
     def loss(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -162,6 +172,12 @@ class ArithmeticTask:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         return evaluate_split(model, self.val, "val") | {
             k: v for k, v in evaluate_split(model, self.train_eval, "train").items() if "/" not in k}
+
+
+def length_balance_factors(rows: list[dict], power: float) -> torch.Tensor:
+    """[n] count(row's operand digit lengths) ** -power: 1 everywhere for power 0."""
+    counts = Counter(digit_lengths(r) for r in rows)
+    return torch.tensor([counts[digit_lengths(r)] ** -power for r in rows], dtype=torch.float)
 
 
 def main_model_config(seed: int = 0):

@@ -3,7 +3,7 @@
     python -m mechlab.main_study train  [--quick] [--run-dir runs/main]   # resumes if interrupted
     python -m mechlab.main_study export [--run-dir runs/main] [--out checkpoints/main]
     python -m mechlab.main_study evaluate [--checkpoint checkpoints/main/model.pt]
-    python -m mechlab.main_study sweep  [--variant NAME ...]   # the recipe variants of notebook 01
+    python -m mechlab.main_study sweep  [--variant NAME ...] [--out checkpoints/main]   # notebook 01's variants
 
 `make train` runs train then export; `make all` uses the committed `checkpoints/main/`.
 """
@@ -26,53 +26,56 @@ BATCH_SIZE = 128
 # Training-time sampling weight per bucket. The scarce, easy buckets carry the first learning
 # signal (see shared/notes/main-task-training-probes.md), so they are drawn more often.
 BUCKET_WEIGHTS = {"no_wrap": 2.0, "single_wrap": 1.5, "edge": 1.0, "large_wrap": 1.0}
+# Linear warm-up, then cosine decay from 1e-3 to its floor (5e-5) at step 12,000. The validation exact
+# match climbs mostly in the last third, while the learning rate is low (notebook 01).
 TRAIN_CONFIG = TrainConfig(
     max_steps=12_000, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), warmup_steps=500, schedule="cosine",
     min_lr_frac=0.05, grad_clip=1.0, eval_every=500, checkpoint_every=500,
     early_stopping_patience=8, stop_metric="val_exact", stop_value=0.995, stop_patience=2, seed=0,
 )
-# How checkpoints/main was made: the 12,000-step recipe up to step 2,500, then the horizon cut to
-# 5,500 steps (the cosine decay re-aimed at the new end) to finish within one CPU session.
-STAGES = ({"stop_after_steps": 2_500}, {"max_steps": 5_500})
 # What else was tried, for notebook 01's recipe table. Each variant changes one thing in the main
-# recipe (same data, seed and 12,000-step cosine horizon) and trains for SWEEP_STEPS steps, so its
+# recipe (same data, seed and learning-rate schedule) and trains for SWEEP_STEPS steps, so its
 # record can be laid beside the main run's first SWEEP_STEPS steps. name -> (description, changes);
 # "bucket_weights" changes the sampling, every other key a TrainConfig field.
 SWEEP_STEPS = 2_000
 RECIPE_VARIANTS: dict[str, tuple[str, dict]] = {
     "uniform_sampling": ("uniform sampling (no bucket weights)", {"bucket_weights": None}),
     "seed_lr": ("lr 3e-4 (the seed's)", {"lr": 3e-4}),
-    "weight_decay_1": ("weight decay 1.0", {"weight_decay": 1.0}),
 }
-SWEEP_DIR = Path("checkpoints/main/sweep")  # the variants' metrics records (committed)
 QUICK_TRAIN_CONFIG = dataclasses.replace(TRAIN_CONFIG, max_steps=40, warmup_steps=10, eval_every=20, checkpoint_every=20)
 QUICK_SPLIT_LIMIT = 512  # quick mode trains and validates on the first rows only
 EVAL_SETS = ("test", "ood_4digit", "ood_mod97", "ood_mod127", "ood_edge", "ood_adversarial")
 
 
-def make_task(data_dir: Path, quick: bool = False,
-              bucket_weights: dict[str, float] | None = BUCKET_WEIGHTS) -> ArithmeticTask:
+def make_task(data_dir: Path, quick: bool = False, bucket_weights: dict[str, float] | None = BUCKET_WEIGHTS,
+              length_balance: float = 0.0, rebalance_from: int = 0) -> ArithmeticTask:
+    """The main task; `length_balance` and `rebalance_from` draw rare digit layouts more often from
+    that step on (see ArithmeticTask; the recipe does not, notebook 01 shows that trial)."""
     limit = QUICK_SPLIT_LIMIT if quick else None
     train_split = ArithmeticSplit.load(data_dir, "train", limit)
     val_split = ArithmeticSplit.load(data_dir, "val", limit)
     return ArithmeticTask(train_split, val_split, BATCH_SIZE, seed=TRAIN_CONFIG.seed, bucket_weights=bucket_weights,
-                          train_eval_size=limit or 2000)
+                          train_eval_size=limit or 2000, length_balance=length_balance, rebalance_from=rebalance_from)
 
 
 def train_main(data_dir: Path, run_dir: Path, quick: bool = False, progress: bool = True,
-               max_steps: int | None = None, stop_after_steps: int | None = None) -> TrainResult:
+               max_steps: int | None = None, decay_steps: int | None = None, stop_after_steps: int | None = None,
+               length_balance: float = 0.0, rebalance_from: int = 0) -> TrainResult:
     """Train (or resume training) the main model into `run_dir`.
 
-    `max_steps` overrides the recipe's horizon (and so its cosine schedule) from the resumed
-    step on; `stop_after_steps` pauses the run at that step. The committed model was made in two
-    such stages (see STAGES), because the session that trained it could not afford 12,000 steps.
+    `max_steps` and `decay_steps` override the recipe's length and the end of its cosine decay from
+    the resumed step on; `stop_after_steps` pauses the run at that step; `length_balance` and
+    `rebalance_from` go to `make_task`.
     """
     cfg = QUICK_TRAIN_CONFIG if quick else TRAIN_CONFIG
     if max_steps is not None:
         cfg = dataclasses.replace(cfg, max_steps=max_steps)
+    if decay_steps is not None:
+        cfg = dataclasses.replace(cfg, decay_steps=decay_steps)
     model = build_model(main_model_config(seed=cfg.seed))
     print(f"main model: {count_parameters(model):,} parameters")
-    return train(model, make_task(data_dir, quick), cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
+    task = make_task(data_dir, quick, length_balance=length_balance, rebalance_from=rebalance_from)
+    return train(model, task, cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
 
 
 def train_variant(name: str, data_dir: Path, run_root: Path, quick: bool = False, progress: bool = True) -> TrainResult:
@@ -140,20 +143,24 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/main/model.pt"))
     parser.add_argument("--quick", action="store_true", help="tiny run on 512 examples, for tests")
     parser.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
+    parser.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
     parser.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
-    parser.add_argument("--staged", action="store_true", help="run the STAGES that made checkpoints/main")
+    parser.add_argument("--length-balance", type=float, default=0.0, help="draw rare digit layouts more often (0-1)")
+    parser.add_argument("--rebalance-from", type=int, default=0, help="... from this step on")
     parser.add_argument("--variant", nargs="*", default=list(RECIPE_VARIANTS), help="sweep: which recipe variants")
     args = parser.parse_args()
     if args.command == "train":
-        stages = STAGES if args.staged else ({"max_steps": args.max_steps, "stop_after_steps": args.stop_after_steps},)
-        for stage in stages:
-            result = train_main(args.data_dir, args.run_dir, args.quick, **stage)
-            print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
+        result = train_main(args.data_dir, args.run_dir, args.quick, max_steps=args.max_steps,
+                            decay_steps=args.decay_steps, stop_after_steps=args.stop_after_steps,
+                            length_balance=args.length_balance, rebalance_from=args.rebalance_from)
+        print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
     elif args.command == "sweep":
         for name in args.variant:
             result = train_variant(name, args.data_dir, args.run_dir.parent / "sweep", args.quick)
-            write_json_atomic(SWEEP_DIR / f"{name}.json", result.history)
-            print(f"{name}: {result.steps} steps ({result.seconds / 60:.1f} min), wrote {SWEEP_DIR / name}.json")
+            record = args.out / "sweep" / f"{name}.json"  # committed beside the model, read by notebook 01
+            write_json_atomic(record, {"description": RECIPE_VARIANTS[name][0], "history": result.history,
+                                       "command": f"python -m mechlab.main_study sweep --variant {name}"})
+            print(f"{name}: {result.steps} steps ({result.seconds / 60:.1f} min), wrote {record}")
     elif args.command == "export":
         print(f"exported {export_run(args.run_dir, args.out)}")
     else:

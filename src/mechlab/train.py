@@ -36,8 +36,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 0
-    schedule: str = "cosine"  # "cosine" (decay to min_lr_frac * lr at max_steps) or "constant"
+    schedule: str = "cosine"  # "cosine" (decay to min_lr_frac * lr at decay_steps) or "constant"
     min_lr_frac: float = 0.1
+    decay_steps: int | None = None  # where the cosine reaches its floor (None = max_steps); constant after
     grad_clip: float | None = 1.0
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -64,15 +65,21 @@ class Task(Protocol):
         """Named metrics, e.g. {"val_loss": ..., "val_acc": ...}; called in eval mode, no grad."""
 
 
+# A resumed run may change these (extend the run, re-aim the decay); any other change is refused.
+SCHEDULE_FIELDS = ("max_steps", "decay_steps")
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, then constant or cosine decay to `min_lr_frac * lr`."""
+    """Linear warm-up over `warmup_steps`, then constant, or cosine decay to `min_lr_frac * lr` at
+    `decay_steps` (default `max_steps`) and constant at that floor after it."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule != "cosine":
         raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    decay_steps = cfg.decay_steps or cfg.max_steps
+    progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
 
@@ -218,8 +225,10 @@ def _save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
 def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     saved_cfg = json.loads((path.parent / "train_config.json").read_text())
-    if {**saved_cfg, "max_steps": cfg.max_steps} != json.loads(json.dumps({**cfg.to_json()})):
-        raise ValueError(f"{path.parent} holds a run with another TrainConfig; use a new run_dir or resume=False")
+    fixed = lambda c: {k: v for k, v in c.items() if k not in SCHEDULE_FIELDS}  # noqa: E731
+    if fixed(saved_cfg) != fixed(json.loads(json.dumps(cfg.to_json()))):
+        raise ValueError(f"{path.parent} holds a run with another TrainConfig (only {', '.join(SCHEDULE_FIELDS)} "
+                         "may change on resume); use a new run_dir or resume=False")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
