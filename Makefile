@@ -5,7 +5,7 @@
 #
 #   make all QUICK=1    the same with every notebook's `quick` parameter True, into reports/quick/
 #   make data           regenerate data/*.jsonl and check them against data/manifest.json
-#   make train          train the main model (resumes runs/main/) and export it to checkpoints/main/
+#   make train          train the main model (resumes runs/main/), export it to checkpoints/main/, evaluate it
 #   make bench          run the benchmarks
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew
 #   make clean-reports  delete the rendered reports
@@ -66,6 +66,7 @@ data: | $(VENV_STAMP)
 train: | $(VENV_STAMP) $(DATA_FILES)
 	$(PY) -m mechlab.main_study train
 	$(PY) -m mechlab.main_study export
+	$(PY) -m mechlab.main_study evaluate
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) $(DATA_FILES)
