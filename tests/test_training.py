@@ -149,3 +149,28 @@ def test_rebalancing_draws_every_digit_length_class_equally_often_from_its_step(
     for row, w in zip(task.train.rows, task.sampling_weights(10).tolist()):
         mass[digit_lengths(row)] += w
     assert len(mass) > 1 and max(mass.values()) == pytest.approx(min(mass.values()))
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, torch
+from mechlab.arithmetic import ArithmeticSplit, ArithmeticTask, main_model_config
+from mechlab.data import make_splits
+from mechlab.model import build_model
+from mechlab.train import TrainConfig, train
+rows = [e.to_json() for e in make_splits()["train"][:2000]]
+task = ArithmeticTask(ArithmeticSplit.from_rows(rows), ArithmeticSplit.from_rows(rows[:200]), batch_size=128)
+model = build_model(main_model_config(), device="cpu")
+train(model, task, TrainConfig(max_steps=30, eval_every=30, checkpoint_every=30), progress=False)
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_two_processes_training_the_main_model_end_with_identical_weights():
+    import subprocess
+    import sys
+
+    runs = [subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]  # side by side, as on a busy CPU
+    hashes = [run.communicate(timeout=600)[0].strip() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert hashes[0] == hashes[1]

@@ -130,8 +130,19 @@ def train(
 
     With `run_dir`, checkpoints go there and, if `resume` and `run_dir/last.pt` exists, training
     continues from it. `stop_after_steps` ends this call early at that step without marking the
-    run finished (used to simulate an interruption in tests).
+    run finished (used to simulate an interruption in tests). Deterministic algorithms are on while
+    it runs: without them two runs of the same command drift apart on a multi-core CPU.
     """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: an op with no deterministic kernel still runs
+    try:
+        return _train(model, task, cfg, run_dir, resume, progress, stop_after_steps)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
+           stop_after_steps: int | None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     state = {"step": 0, "history": [], "best": math.inf, "evals_since_best": 0, "hits": 0, "seconds": 0.0}
