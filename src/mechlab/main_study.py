@@ -5,7 +5,7 @@
     python -m mechlab.main_study evaluate [--checkpoint checkpoints/main/model.pt]
     python -m mechlab.main_study sweep  [--variant NAME ...] [--out checkpoints/main]   # notebook 01's variants
 
-`make train` runs train then export; `make all` uses the committed `checkpoints/main/`.
+`make train` runs train, export and evaluate; `make all` uses the committed `checkpoints/main/`.
 """
 from __future__ import annotations
 
