@@ -131,6 +131,17 @@ def test_recipe_table_reports_when_each_target_was_first_reached():
     assert slow_row["step to 50%"] is None and slow_row["steps run"] == 1000
 
 
+def test_the_main_recipe_can_be_rerun_with_another_schedule(generated_data, tmp_path):
+    """How a committed record's command such as `train --max-steps 12000 --min-lr-frac 0.05` works."""
+    from mechlab.main_study import train_main
+
+    data_dir, _ = generated_data
+    result = train_main(data_dir, tmp_path, quick=True, progress=False, max_steps=20, decay_steps=10, min_lr_frac=0.5)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert (saved["max_steps"], saved["decay_steps"], saved["min_lr_frac"]) == (20, 10, 0.5)
+    assert result.history[-1]["lr"] == pytest.approx(saved["lr"] * 0.5)  # at the floor since step 10
+
+
 def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
     from mechlab.main_study import train_variant
 
