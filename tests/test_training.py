@@ -129,6 +129,27 @@ def test_recipe_table_reports_when_each_target_was_first_reached():
     assert (fast_row["step to 50%"], fast_row["minutes to 50%"]) == (1000, 2.0)
     assert (fast_row["step to 99%"], fast_row["minutes to 99%"]) == (1500, 3.0)
     assert slow_row["step to 50%"] is None and slow_row["steps run"] == 1000
+    assert fast_row["steps per second"] == slow_row["steps per second"] == pytest.approx(8.33)
+
+
+def test_a_continuation_is_drawn_from_where_it_branched_off_its_parent():
+    from mechlab.main_study import continuation_part
+
+    parent = [{"step": 500, "val_exact": 0.1}, {"step": 1000, "val_exact": 0.5}, {"step": 1500, "val_exact": 0.9}]
+    continued = parent[:2] + [{"step": 1500, "val_exact": 0.7}, {"step": 2000, "val_exact": 0.8}]
+    assert [row["step"] for row in continuation_part(continued, parent)] == [1000, 1500, 2000]
+    unrelated = [{"step": 500, "val_exact": 0.3}, {"step": 1000, "val_exact": 0.4}]
+    assert continuation_part(unrelated, parent) == unrelated
+
+
+def test_largest_rise_finds_where_a_run_left_its_plateau():
+    from mechlab.main_study import largest_rise
+
+    history = [{"step": s, "val_exact": v} for s, v in [(500, 0.3), (1000, 0.35), (1500, 0.8), (2000, 0.9)]]
+    before, after = largest_rise(history)
+    assert (before["step"], after["step"]) == (1000, 1500)
+    with pytest.raises(ValueError, match="at least two evaluations"):
+        largest_rise(history[:1])
 
 
 def test_the_main_recipe_can_be_rerun_with_another_schedule(generated_data, tmp_path):

@@ -99,13 +99,31 @@ def first_reaching(history: list[dict], metric: str, target: float) -> dict | No
     return next((row for row in history if row.get(metric, -1.0) >= target), None)
 
 
+def continuation_part(history: list[dict], parent: list[dict], metric: str = "val_exact") -> list[dict]:
+    """The rows of a run continued from `parent`'s run, from the last step where the two records
+    still agree (a continuation repeats its parent's rows up to where it branched off)."""
+    parent_at = {row["step"]: row[metric] for row in parent}
+    start = max((row["step"] for row in history if parent_at.get(row["step"]) == row[metric]), default=0)
+    return [row for row in history if row["step"] >= start]
+
+
+def largest_rise(history: list[dict], metric: str = "val_exact") -> tuple[dict, dict]:
+    """The two consecutive metrics rows between which `metric` rose most (where a run left its plateau)."""
+    pairs = list(zip(history, history[1:]))
+    if not pairs:
+        raise ValueError("a training record needs at least two evaluations to have a rise")
+    return max(pairs, key=lambda pair: pair[1][metric] - pair[0][metric])
+
+
 def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[float, ...] = (0.5, 0.99)) -> list[dict]:
-    """One row per recipe (name -> metrics history): validation exact match at `at_step`, the best
-    reached, and the step and training minutes at which each target was first reached (None if never)."""
+    """One row per recipe (name -> metrics history): training speed, validation exact match at
+    `at_step`, the best reached, and the step and training minutes at which each target was first
+    reached (None if never)."""
     table = []
     for name, history in records.items():
         at = [row for row in history if row["step"] <= at_step]
         row = {"recipe": name, "steps run": history[-1]["step"],
+               "steps per second": round(history[-1]["step"] / history[-1]["seconds"], 2),
                f"val exact at step {at_step:,}": at[-1]["val_exact"] if at else None,
                "best val exact": max(r["val_exact"] for r in history)}
         for target in targets:
