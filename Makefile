@@ -37,7 +37,7 @@ endif
 
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 REPORT_HTML := $(patsubst notebooks/%.ipynb,$(REPORTS)/%.html,$(NOTEBOOKS))
-SRC := $(sort $(wildcard src/mechlab/*.py src/mechlab/*/*.py))
+SRC := $(shell find src -name "*.py" | sort)
 CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 DATA_FILES := $(addprefix data/,$(shell $(PYTHON) -c 'import json; print(" ".join(sorted(json.load(open("data/manifest.json"))["files"])))'))
 
@@ -58,20 +58,20 @@ $(VENV_STAMP): pyproject.toml
 
 # ---- data and models ---------------------------------------------------------------------------
 $(DATA_FILES) &: data/manifest.json | $(VENV_STAMP)
-	$(PY) -m mechlab.data data
+	$(PY) -m mechlab.arithmetic.data data
 
 data: | $(VENV_STAMP)
-	$(PY) -m mechlab.data data
+	$(PY) -m mechlab.arithmetic.data data
 
 train: | $(VENV_STAMP) $(DATA_FILES)
-	$(PY) -m mechlab.main_study train
-	$(PY) -m mechlab.main_study export
-	$(PY) -m mechlab.main_study evaluate
+	$(PY) -m mechlab.arithmetic.study train
+	$(PY) -m mechlab.arithmetic.study export
+	$(PY) -m mechlab.arithmetic.study evaluate
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) $(DATA_FILES)
-	$(PY) -m mechlab.bench
-	$(PY) -m mechlab.bench_patching --checkpoint checkpoints/main/model.pt
+	$(PY) -m mechlab.bench.training
+	$(PY) -m mechlab.bench.patching --checkpoint checkpoints/main/model.pt
 
 # ---- reports -----------------------------------------------------------------------------------
 # Notebooks run one at a time in name order (.NOTPARALLEL), each in its own folder as cwd.

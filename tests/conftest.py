@@ -25,7 +25,7 @@ def committed_manifest() -> dict:
 @pytest.fixture(scope="session")
 def generated_data(tmp_path_factory, committed_manifest) -> tuple[Path, dict]:
     """Every data set regenerated from the committed seed into a fresh folder: (folder, manifest)."""
-    from mechlab.data import write_datasets
+    from mechlab.arithmetic.data import write_datasets
 
     data_dir = tmp_path_factory.mktemp("data")
     return data_dir, write_datasets(data_dir, seed=committed_manifest["seed"])

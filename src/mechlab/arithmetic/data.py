@@ -1,0 +1,221 @@
+"""Datasets of the main study: `a + b mod m =` problems, split, bucketed, written as JSON Lines.
+
+Buckets (every pair gets exactly one; "edge" wins over the sum-based buckets):
+    edge         a or b is 0, a or b is 999, both are single digits, or a + b ≡ 0 (mod m)
+    no_wrap      a + b < m
+    single_wrap  m <= a + b < 2m
+    large_wrap   a + b >= 2m
+
+Split scheme. Only 6,441 pairs have a + b < 113 and 19,210 have 113 <= a + b < 226, so the
+seed's 30% / 40% shares cannot be met with unique pairs. Instead every pair of the scarce
+buckets (edge, no_wrap, single_wrap) is used, divided train : validation : test in the ratio
+of the split sizes (100k : 10k : 10k), and large_wrap pairs fill the rest of each split. All
+three splits therefore have the same bucket mix, and no pair appears twice.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from mechlab.core.io import sha256_file, write_json_atomic, write_text_atomic
+from mechlab.arithmetic.tokenizer import format_prompt
+
+MODULUS = 113
+MAX_OPERAND = 999
+SPLIT_SIZES = {"train": 100_000, "val": 10_000, "test": 10_000}
+OOD_SIZE = 10_000
+SEED = 1234
+SCARCE_BUCKETS = ("edge", "no_wrap", "single_wrap")
+BUCKETS = SCARCE_BUCKETS + ("large_wrap",)
+
+
+@dataclass(frozen=True)
+class Example:
+    a: int
+    b: int
+    m: int
+    bucket: str
+
+    @property
+    def prompt(self) -> str:
+        return format_prompt(self.a, self.b, self.m)
+
+    @property
+    def answer(self) -> str:
+        return str((self.a + self.b) % self.m)
+
+    def to_json(self) -> dict:
+        return {"a": self.a, "b": self.b, "m": self.m, "prompt": self.prompt, "answer": self.answer, "bucket": self.bucket}
+
+
+def is_edge_case(a: int, b: int, m: int = MODULUS) -> bool:
+    return a == 0 or b == 0 or a == MAX_OPERAND or b == MAX_OPERAND or (a < 10 and b < 10) or (a + b) % m == 0
+
+
+def bucket_of(a: int, b: int, m: int = MODULUS) -> str:
+    if is_edge_case(a, b, m):
+        return "edge"
+    if a + b < m:
+        return "no_wrap"
+    if a + b < 2 * m:
+        return "single_wrap"
+    return "large_wrap"
+
+
+def all_pairs_by_bucket(m: int = MODULUS) -> dict[str, list[tuple[int, int]]]:
+    """Every (a, b) with 0 <= a, b <= 999, grouped by bucket, in a fixed order."""
+    groups: dict[str, list[tuple[int, int]]] = {name: [] for name in BUCKETS}
+    for a in range(MAX_OPERAND + 1):
+        for b in range(MAX_OPERAND + 1):
+            groups[bucket_of(a, b, m)].append((a, b))
+    return groups
+
+
+def make_splits(seed: int = SEED, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, list[Example]]:
+    """Disjoint train/val/test splits with the same bucket mix (see the module docstring)."""
+    rng = random.Random(seed)
+    groups = all_pairs_by_bucket()
+    total = sum(sizes.values())
+    n_scarce = sum(len(groups[b]) for b in SCARCE_BUCKETS)
+    if n_scarce > total:
+        raise ValueError(f"splits of {total} examples in all cannot hold the {n_scarce} scarce-bucket pairs")
+    splits: dict[str, list[Example]] = {name: [] for name in sizes}
+    for bucket in SCARCE_BUCKETS:
+        pairs = groups[bucket][:]
+        rng.shuffle(pairs)
+        start = 0
+        for i, (name, size) in enumerate(sizes.items()):
+            stop = len(pairs) if i == len(sizes) - 1 else start + round(len(pairs) * size / total)
+            splits[name] += [Example(a, b, MODULUS, bucket) for a, b in pairs[start:stop]]
+            start = stop
+    large = rng.sample(groups["large_wrap"], sum(size - len(splits[name]) for name, size in sizes.items()))
+    start = 0
+    for name, size in sizes.items():
+        need = size - len(splits[name])
+        splits[name] += [Example(a, b, MODULUS, "large_wrap") for a, b in large[start : start + need]]
+        start += need
+        rng.shuffle(splits[name])
+    return splits
+
+
+def _sample_unique_pairs(rng: random.Random, lo: int, hi: int, n: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    pairs: list[tuple[int, int]] = []
+    seen = set(exclude)
+    while len(pairs) < n:
+        pair = (rng.randint(lo, hi), rng.randint(lo, hi))
+        if pair not in seen:
+            seen.add(pair)
+            pairs.append(pair)
+    return pairs
+
+
+def make_ood_sets(used: set[tuple[int, int]], seed: int = SEED) -> dict[str, list[Example]]:
+    """Out-of-distribution sets; `used` holds the (a, b) pairs of train/val/test, which the
+    in-range sets avoid.
+
+    ood_4digit       a, b in 1000..1999, mod 113 (longer numbers than any training example)
+    ood_mod97        a, b in 0..999, mod 97   (a modulus never trained on)
+    ood_mod127       a, b in 0..999, mod 127
+    ood_edge         extremes outside training: 0 with 4- and 5-digit numbers, 4-digit + 1-digit
+    ood_adversarial  5,000 pairs of rows (2i, 2i+1) whose operands share last digits but whose
+                     answers differ, e.g. 123 + 456 vs 223 + 366; bucket is the sum bucket
+    """
+    rng = random.Random(seed + 1)
+    sets: dict[str, list[Example]] = {}
+    sets["ood_4digit"] = [Example(a, b, MODULUS, "4digit") for a, b in _sample_unique_pairs(rng, 1000, 1999, OOD_SIZE, set())]
+    for m in (97, 127):
+        pairs = _sample_unique_pairs(rng, 0, MAX_OPERAND, OOD_SIZE, set())
+        sets[f"ood_mod{m}"] = [Example(a, b, m, bucket_of(a, b, m)) for a, b in pairs]
+
+    edge = [Example(x, 0, MODULUS, "zero_4digit") for x in range(1000, 2000)]
+    edge += [Example(0, x, MODULUS, "zero_4digit") for x in range(1000, 2000)]
+    edge += [Example(x, 0, MODULUS, "zero_5digit") for x in range(10000, 11000)]
+    edge += [Example(0, x, MODULUS, "zero_5digit") for x in range(10000, 11000)]
+    small = [(x, y) for x in range(1000, 2000) for y in range(1, 10)]
+    small += [(y, x) for x, y in small]
+    edge += [Example(a, b, MODULUS, "4digit_1digit") for a, b in rng.sample(small, OOD_SIZE - len(edge))]
+    sets["ood_edge"] = edge
+
+    adversarial: list[Example] = []
+    taken = set(used)
+    while len(adversarial) < OOD_SIZE:
+        a, b = rng.randint(10, MAX_OPERAND), rng.randint(10, MAX_OPERAND)
+        a2 = rng.randrange(a % 10, MAX_OPERAND + 1, 10)
+        b2 = rng.randrange(b % 10, MAX_OPERAND + 1, 10)
+        if (a + b) % MODULUS == (a2 + b2) % MODULUS or {(a, b), (a2, b2)} & taken or (a, b) == (a2, b2):
+            continue
+        taken |= {(a, b), (a2, b2)}
+        adversarial += [Example(a, b, MODULUS, bucket_of(a, b)), Example(a2, b2, MODULUS, bucket_of(a2, b2))]
+    sets["ood_adversarial"] = adversarial
+    return sets
+
+
+def make_all_datasets(seed: int = SEED) -> dict[str, list[Example]]:
+    """Every data set of the main study, by name: train, val, test and the ood_* sets."""
+    splits = make_splits(seed)
+    used = {(e.a, e.b) for rows in splits.values() for e in rows}
+    return {**splits, **make_ood_sets(used, seed)}
+
+
+def write_jsonl(path: Path, rows: Iterable[Example]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a data file as dicts with keys a, b, m, prompt, answer, bucket."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: generate the data with `make data` (or run notebooks/00_data.ipynb)")
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def bucket_counts(rows: Iterable[Example]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.bucket] = counts.get(r.bucket, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def write_datasets(data_dir: Path, seed: int = SEED) -> dict:
+    """Generate every data set into `data_dir/NAME.jsonl` and return the manifest (not written)."""
+    data_dir = Path(data_dir)
+    manifest: dict = {"seed": seed, "modulus": MODULUS, "files": {}}
+    for name, rows in make_all_datasets(seed).items():
+        path = data_dir / f"{name}.jsonl"
+        write_jsonl(path, rows)
+        manifest["files"][path.name] = {"rows": len(rows), "sha256": sha256_file(path), "buckets": bucket_counts(rows)}
+    return manifest
+
+
+def write_manifest(data_dir: Path, manifest: dict) -> None:
+    write_json_atomic(Path(data_dir) / "manifest.json", manifest)
+
+
+def verify_against_manifest(data_dir: Path) -> list[str]:
+    """Names of files whose sha256 differs from `data_dir/manifest.json` (empty list = all match)."""
+    data_dir = Path(data_dir)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    return [name for name, info in manifest["files"].items()
+            if not (data_dir / name).exists() or sha256_file(data_dir / name) != info["sha256"]]
+
+
+def main() -> None:
+    """`python -m mechlab.arithmetic.data [DATA_DIR]`: regenerate the data and check it against the manifest."""
+    import sys
+
+    data_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
+    manifest = write_datasets(data_dir)
+    if not (data_dir / "manifest.json").exists():
+        write_manifest(data_dir, manifest)
+    mismatched = verify_against_manifest(data_dir)
+    if mismatched:
+        raise SystemExit(f"regenerated files differ from {data_dir}/manifest.json: {mismatched}")
+    print(f"wrote {len(manifest['files'])} files to {data_dir}/, all match manifest.json")
+
+
+if __name__ == "__main__":
+    main()

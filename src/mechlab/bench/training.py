@@ -1,0 +1,131 @@
+"""Training-throughput benchmark of the main model (not a test: numbers depend on the machine).
+
+    python -m mechlab.bench.training [--steps 30] [--batch-size 256] [--out figures/bench_training.json]
+
+Prints the machine, the measured fp32 matmul peak, training throughput (examples/s, tokens/s
+and achieved GFLOP/s estimated as 6 * parameters * tokens per second), and, from the committed
+training record (checkpoints/main/metrics.json), the wall time and steps to the accuracy target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from mechlab.arithmetic.task import ANSWER_START, N_ANSWER_TOKENS, answer_loss, main_model_config
+from mechlab.core.io import write_json_atomic
+from mechlab.arithmetic.study import first_reaching
+from mechlab.core.model import build_model, count_parameters, default_device
+from mechlab.arithmetic.tokenizer import VOCAB
+
+
+def machine_info() -> dict:
+    """The machine a benchmark ran on: CPU model, logical CPUs, torch threads and version, the
+    load average when it started (other work on a shared CPU slows every number down), GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = []
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "loadavg_at_start": load, "device": str(default_device()),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -> float:
+    """Achieved fp32 GFLOP/s of an n x n matmul: the machine's practical peak for this work."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def training_throughput(device: torch.device, steps: int, batch_size: int) -> dict[str, float]:
+    """Time `steps` AdamW steps of the main model on random answer-shaped batches."""
+    model = build_model(main_model_config(), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seq_len = ANSWER_START + N_ANSWER_TOKENS
+    tokens = torch.randint(0, len(VOCAB) - 3, (batch_size, seq_len), device=device)
+
+    def step() -> None:
+        loss = answer_loss(model, tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    tokens_per_step = batch_size * (seq_len - 1)  # the model sees seq_len - 1 positions
+    n_params = count_parameters(model)
+    return {"seconds_per_step": seconds, "examples_per_s": batch_size / seconds,
+            "tokens_per_s": tokens_per_step / seconds, "gflops": 6 * n_params * tokens_per_step / seconds / 1e9,
+            "parameters": n_params, "batch_size": batch_size}
+
+
+def time_to_target(metrics_path: Path, metric: str = "val_exact", target: float = 0.99) -> dict:
+    """Steps and wall seconds until `metric` first reached `target` in a training record."""
+    if not metrics_path.exists():
+        return {"reached": False, "note": f"no training record at {metrics_path}"}
+    rows = json.loads(metrics_path.read_text())
+    hit = first_reaching(rows, metric, target)
+    if hit:
+        return {"reached": True, "step": hit["step"], "minutes": hit["seconds"] / 60, metric: hit[metric]}
+    best = max(rows, key=lambda r: r.get(metric, 0.0))
+    return {"reached": False, "best": best.get(metric), "best_step": best["step"],
+            "steps_run": rows[-1]["step"], "minutes_run": rows[-1]["seconds"] / 60}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--metrics", type=Path, default=Path("checkpoints/main/metrics.json"))
+    parser.add_argument("--out", type=Path, default=Path("figures/bench_training.json"))
+    args = parser.parse_args()
+    device = default_device()
+    result = {"machine": machine_info(),
+              "matmul_peak_gflops": matmul_peak_gflops(device),
+              "training": training_throughput(device, args.steps, args.batch_size),
+              "time_to_99": time_to_target(args.metrics)}
+    result["training"]["fraction_of_peak"] = result["training"]["gflops"] / result["matmul_peak_gflops"]
+    write_json_atomic(args.out, result)
+    t = result["training"]
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['torch_threads']} torch threads, {m['gpu'] or 'no GPU'} ({device}); "
+          f"load average at start {' '.join(m['loadavg_at_start'])}")
+    print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.0f} GFLOP/s")
+    print(f"training: {t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s, "
+          f"{t['gflops']:.1f} GFLOP/s ({100 * t['fraction_of_peak']:.0f}% of peak), batch {t['batch_size']}")
+    print(f"time to 99% val exact match: {json.dumps(result['time_to_99'])}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

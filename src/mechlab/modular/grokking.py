@@ -1,0 +1,117 @@
+"""Grokking: an automatic detector on accuracy curves, and Nanda et al.'s progress measures
+(restricted and excluded loss) for the 1-layer modular-addition transformer.
+
+Detector rule (`detect_grokking`):
+    T   = first epoch with train accuracy >= 99%
+    G50 = first epoch with test accuracy >= 50%, G95 = first epoch with test accuracy >= 95%
+    The run *grokked* iff T, G50 and G95 all exist and G50 >= min_delay_ratio * T (default 2:
+    on a log-epoch axis, test accuracy crosses 50% at least a factor two later than train
+    accuracy reached 99%). Otherwise `detect_grokking` returns None (never generalised, or
+    generalised together with memorisation: no grokking). `crossings` reports T, G50, G95 in
+    every case.
+
+Progress measures (`progress_measures`), over all p*p pairs at the '=' position:
+    neuron activations N [p*p, d_mlp] are split into the part in the key-frequency directions
+    cos(w_k(a+b)), sin(w_k(a+b)) (plus the mean over pairs) and the rest.
+    restricted loss: logits from the key-frequency part alone, N_key @ W_out @ W_U, shifted to
+        the full model's mean logits; cross-entropy on the TEST pairs. Falls when the
+        generalising circuit alone can do the task.
+    excluded loss: the full model's logits with the key-frequency part of the neurons removed;
+        cross-entropy on the TRAIN pairs. Rises when the training set is fitted through the
+        key frequencies rather than memorised.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mechlab.analysis.fourier import sum_directions
+from mechlab.modular.task import all_pairs, encode, labels
+
+
+def first_crossing(epochs: Sequence[float], values: Sequence[float], threshold: float) -> float | None:
+    """First epoch at which `values` >= `threshold`, or None."""
+    for epoch, value in zip(epochs, values):
+        if value >= threshold:
+            return epoch
+    return None
+
+
+@dataclass(frozen=True)
+class Crossings:
+    train_99: float | None  # first epoch with train accuracy >= train_threshold
+    test_50: float | None
+    test_95: float | None
+
+    @property
+    def delay_ratio(self) -> float | None:
+        if self.train_99 is None or self.test_50 is None:
+            return None
+        return self.test_50 / max(self.train_99, 1)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "delay_ratio": self.delay_ratio}
+
+
+def crossings(epochs: Sequence[float], train_acc: Sequence[float], test_acc: Sequence[float],
+              train_threshold: float = 0.99, test_thresholds: tuple[float, float] = (0.5, 0.95)) -> Crossings:
+    return Crossings(first_crossing(epochs, train_acc, train_threshold),
+                     first_crossing(epochs, test_acc, test_thresholds[0]),
+                     first_crossing(epochs, test_acc, test_thresholds[1]))
+
+
+def detect_grokking(epochs: Sequence[float], train_acc: Sequence[float], test_acc: Sequence[float],
+                    train_threshold: float = 0.99, test_thresholds: tuple[float, float] = (0.5, 0.95),
+                    min_delay_ratio: float = 2.0) -> Crossings | None:
+    """The crossings if the curves show grokking by the rule in the module docstring, else None."""
+    c = crossings(epochs, train_acc, test_acc, train_threshold, test_thresholds)
+    if c.train_99 is None or c.test_50 is None or c.test_95 is None:
+        return None
+    return c if c.test_50 >= min_delay_ratio * max(c.train_99, 1) else None
+
+
+def detect_from_history(history: list[dict], min_delay_ratio: float = 2.0) -> tuple[Crossings, Crossings | None]:
+    """(crossings, detection) from a training history (rows with step, train_acc, test_acc)."""
+    steps = [r["step"] for r in history]
+    train_acc, test_acc = [r["train_acc"] for r in history], [r["test_acc"] for r in history]
+    return crossings(steps, train_acc, test_acc), detect_grokking(steps, train_acc, test_acc,
+                                                                  min_delay_ratio=min_delay_ratio)
+
+
+# --- progress measures for the 1-layer transformer (input [a, b, =]) ---
+
+
+def neuron_acts_and_logits(model, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(neuron acts [p*p, d_mlp], resid_mid [p*p, d_model], logits [p*p, p]) at the last position."""
+    x = encode(all_pairs(p), "one_layer", p).to(model.cfg.device)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(x, names_filter=lambda n: n in ("blocks.0.mlp.hook_post",
+                                                                               "blocks.0.hook_resid_mid"))
+    return cache["blocks.0.mlp.hook_post"][:, -1], cache["blocks.0.hook_resid_mid"][:, -1], logits[:, -1, :p]
+
+
+def progress_measures(model, p: int, key_freqs: list[int], train_idx: torch.Tensor,
+                      test_idx: torch.Tensor) -> dict[str, float]:
+    """train/test loss and the restricted / excluded losses (module docstring) for one model."""
+    acts, resid_mid, logits = neuron_acts_and_logits(model, p)
+    acts, logits = acts.double(), logits.double()
+    y = labels(p).to(logits.device)
+    dirs = sum_directions(p, key_freqs).to(acts.device)  # [2K, p*p]
+    key_part = dirs.T @ (dirs @ acts)  # projection of each neuron's pattern on the key directions
+    W_out = model.W_out[0].double()
+    W_U = model.W_U[:, :p].double()
+    restricted = (acts.mean(0, keepdim=True) + key_part) @ W_out @ W_U
+    restricted = restricted + logits.mean(0, keepdim=True) - restricted.mean(0, keepdim=True)
+    excluded = logits - key_part @ W_out @ W_U
+    ce = lambda lg, idx: F.cross_entropy(lg[idx], y[idx]).item()  # noqa: E731
+    return {"train_loss": ce(logits, train_idx), "test_loss": ce(logits, test_idx),
+            "restricted_loss": ce(restricted, test_idx), "excluded_loss": ce(excluded, train_idx),
+            "test_acc": (logits[test_idx].argmax(-1) == y[test_idx]).double().mean().item()}
+
+
+def weight_norm(model) -> float:
+    """Sum of squared parameters (the quantity weight decay shrinks)."""
+    return float(sum(p.detach().double().pow(2).sum() for p in model.parameters()))

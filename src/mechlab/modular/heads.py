@@ -1,0 +1,58 @@
+"""Attention-head classification for the 3-layer `a + b =` model: where does each head, read
+from the '=' position, put its attention mass?
+
+Rule (`classify_heads`): with mass m_a, m_+, m_b, m_= on the four positions (averaged over a set
+of inputs), a head is
+    attends-a  if m_a >= threshold (default 0.6),
+    attends-b  if m_b >= threshold,
+    self       if m_= >= threshold,
+    spread     otherwise (no position holds `threshold` of the mass; '+' is folded in here,
+               and a head with m_+ >= threshold is labelled attends-+).
+"""
+from __future__ import annotations
+
+import torch
+
+from mechlab.modular.task import encode
+
+POSITIONS = ("a", "+", "b", "=")
+CLASSES = ("attends-a", "attends-b", "spread", "self", "attends-+")
+
+
+def eq_attention(model, pairs: torch.Tensor, p: int) -> torch.Tensor:
+    """[n, n_layers, n_heads, 4] attention pattern from the '=' (last) position for each pair."""
+    x = encode(pairs, "three_layer", p).to(model.cfg.device)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    return torch.stack([cache["pattern", layer][:, :, -1, :] for layer in range(model.cfg.n_layers)], dim=1).cpu()
+
+
+def classify_pattern(mass: torch.Tensor, threshold: float = 0.6) -> str:
+    """Class of one head from its mean attention mass [4] over (a, +, b, =)."""
+    m = dict(zip(POSITIONS, mass.tolist()))
+    if m["a"] >= threshold:
+        return "attends-a"
+    if m["b"] >= threshold:
+        return "attends-b"
+    if m["="] >= threshold:
+        return "self"
+    if m["+"] >= threshold:
+        return "attends-+"
+    return "spread"
+
+
+def classify_heads(mass: torch.Tensor, threshold: float = 0.6) -> dict[tuple[int, int], str]:
+    """{(layer, head): class} from mean attention mass [n_layers, n_heads, 4]."""
+    return {(layer, head): classify_pattern(mass[layer, head], threshold)
+            for layer in range(mass.shape[0]) for head in range(mass.shape[1])}
+
+
+def head_ablation_hook(heads: list[int], mode: str = "mean", means: torch.Tensor | None = None):
+    """A hook on blocks.L.attn.hook_z ([n, pos, head, d_head]) that zero- or mean-ablates `heads`
+    (means: [pos, head, d_head] over a reference set)."""
+    def hook(z, hook=None):
+        z = z.clone()
+        for h in heads:
+            z[:, :, h] = 0.0 if mode == "zero" else means[:, h].to(z.device)
+        return z
+    return hook

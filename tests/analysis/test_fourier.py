@@ -1,0 +1,65 @@
+"""Fourier helpers over Z_p: basis, spectra and key frequencies on synthetic data (milliseconds)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mechlab.analysis.fourier import (explained_by_frequencies_2d, explained_fraction, fourier_basis, frequency_power,
+                             key_frequencies, neuron_clusters, sum_directions)
+
+P = 113
+
+
+def test_basis_is_orthonormal_with_named_rows():
+    basis, names = fourier_basis(P)
+    assert basis.shape == (P, P)
+    assert torch.allclose(basis @ basis.T, torch.eye(P, dtype=basis.dtype), atol=1e-10)
+    assert names[:3] == ["const", "cos 1", "sin 1"] and names[-1] == "sin 56"
+
+
+def synthetic_embedding(freqs, d=128, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.arange(P, dtype=torch.float64)
+    cols = []
+    for k in freqs:
+        cols += [torch.cos(2 * math.pi * k * x / P), torch.sin(2 * math.pi * k * x / P)]
+    waves = torch.stack(cols, dim=1)  # [P, 2K]
+    mix = torch.randn(len(cols), d, generator=g, dtype=torch.float64)
+    return waves @ mix + noise * torch.randn(P, d, generator=g, dtype=torch.float64)
+
+
+def test_synthetic_embedding_frequencies_are_recovered():
+    true = [14, 35, 41, 52]
+    W = synthetic_embedding(true)
+    power = frequency_power(W)
+    assert power.shape == (56,) and abs(power.sum().item() - 1) < 1e-5
+    assert sorted(key_frequencies(power)) == true
+    assert explained_fraction(power, true) > 0.98
+
+
+def test_pure_noise_has_no_key_frequencies():
+    W = torch.randn(P, 128, generator=torch.Generator().manual_seed(1))
+    assert key_frequencies(frequency_power(W)) == []
+
+
+def test_neuron_clusters_find_each_neurons_frequency():
+    a = torch.arange(P, dtype=torch.float64)[:, None]
+    b = torch.arange(P, dtype=torch.float64)[None, :]
+    w = lambda k: 2 * math.pi * k / P  # noqa: E731
+    grid = torch.stack([torch.relu(torch.cos(w(7) * a) + torch.cos(w(7) * b)),  # ReLU makes harmonics
+                        torch.cos(w(20) * (a + b)),
+                        torch.sin(w(3) * a) * torch.cos(w(3) * b)], dim=2)
+    best, share = neuron_clusters(grid)
+    assert best[1:].tolist() == [20, 3] and (share[1:] > 0.99).all()
+    assert best[0].item() == 7 or share[0] < 0.5  # ReLU leaks into harmonics 14, 21, ...
+    assert explained_by_frequencies_2d(grid[:, :, 1:], [20, 3]) > 0.99
+
+
+def test_sum_directions_are_unit_and_match_cos_a_plus_b():
+    dirs = sum_directions(P, [5])
+    assert dirs.shape == (2, P * P)
+    assert torch.allclose(dirs.norm(dim=1), torch.ones(2, dtype=dirs.dtype))
+    a, b = 3, 110
+    ratio = dirs[0, a * P + b] / dirs[0, 0]
+    assert abs(ratio - math.cos(2 * math.pi * 5 * (a + b) / P)) < 1e-9

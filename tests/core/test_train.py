@@ -1,0 +1,208 @@
+"""The training loop, checkpoints and the main task's loss, on a tiny model (seconds)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, answer_loss, evaluate_split
+from mechlab.arithmetic.data import make_splits
+from mechlab.core.model import CheckpointMismatchError, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from mechlab.arithmetic.tokenizer import VOCAB
+from mechlab.core.train import TrainConfig, learning_rate, load_history, train
+
+TINY = ModelConfig(n_layers=1, n_heads=2, d_model=32, d_head=16, d_mlp=64, d_vocab=len(VOCAB), vocab=tuple(VOCAB))
+
+
+@pytest.fixture(scope="module")
+def tiny_task() -> ArithmeticTask:
+    splits = make_splits()
+    rows = {name: [e.to_json() for e in examples[:600]] for name, examples in splits.items()}
+    return ArithmeticTask(ArithmeticSplit.from_rows(rows["train"]), ArithmeticSplit.from_rows(rows["val"]),
+                          batch_size=32, seed=0, train_eval_size=100)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    return TrainConfig(**{"max_steps": 30, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 10, **overrides})
+
+
+def test_loss_falls_on_a_tiny_config(tiny_task):
+    model = build_model(TINY, device="cpu")
+    before = answer_loss(model, tiny_task.train.tokens[:200]).item()
+    result = train(model, tiny_task, tiny_train_config(), progress=False)
+    after = answer_loss(model, tiny_task.train.tokens[:200]).item()
+    assert after < before - 0.5, (before, after)
+    assert [row["step"] for row in result.history] == [10, 20, 30]
+    assert {"val_loss", "val_exact", "train_exact", "grad_norm/blocks.0", "val_exact/no_wrap"} <= set(result.history[0])
+
+
+def test_resume_after_interrupt_reproduces_the_uninterrupted_run(tiny_task, tmp_path):
+    uninterrupted = build_model(TINY, device="cpu")
+    train(uninterrupted, tiny_task, tiny_train_config(), tmp_path / "a", progress=False)
+
+    interrupted = build_model(TINY, device="cpu")
+    first = train(interrupted, tiny_task, tiny_train_config(), tmp_path / "b", progress=False, stop_after_steps=20)
+    assert first.stopped_because == "interrupted" and first.steps == 20
+    resumed = build_model(TINY, device="cpu")  # a fresh process would start from fresh weights
+    result = train(resumed, tiny_task, tiny_train_config(), tmp_path / "b", progress=False)
+
+    assert result.steps == 30
+    for (name, p), q in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(load_history(tmp_path / "a")) == strip(load_history(tmp_path / "b"))
+    assert sorted(p.name for p in (tmp_path / "b").glob("step_*.pt")) == ["step_000010.pt", "step_000020.pt", "step_000030.pt"]
+
+
+def test_resume_refuses_a_run_with_another_train_config(tiny_task, tmp_path):
+    train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(max_steps=10), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(lr=1e-2), tmp_path, progress=False)
+
+
+def test_resume_may_extend_the_run_and_re_aim_its_decay(tiny_task, tmp_path):
+    model = build_model(TINY, device="cpu")
+    train(model, tiny_task, tiny_train_config(max_steps=20), tmp_path, progress=False)
+    longer = tiny_train_config(max_steps=30, decay_steps=20)  # then constant at the floor
+    result = train(model, tiny_task, longer, tmp_path, progress=False)
+    assert [row["step"] for row in result.history] == [10, 20, 30]
+    assert result.history[-1]["lr"] == pytest.approx(longer.lr * longer.min_lr_frac)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model(TINY, device="cpu")
+    save_checkpoint(model, TINY, tmp_path / "model.pt")
+    loaded = load_checkpoint(tmp_path / "model.pt", expected=TINY, device="cpu")
+    tokens = torch.randint(0, len(VOCAB), (3, 20))
+    assert torch.equal(model(tokens), loaded(tokens))
+    assert json.loads((tmp_path / "config.json").read_text())["n_layers"] == 1
+
+
+def test_loading_a_checkpoint_with_another_config_or_vocabulary_raises(tmp_path):
+    save_checkpoint(build_model(TINY, device="cpu"), TINY, tmp_path / "model.pt")
+    bigger = ModelConfig(**{**TINY.to_json(), "n_layers": 2, "vocab": TINY.vocab})
+    with pytest.raises(CheckpointMismatchError, match="n_layers: checkpoint has 1, expected 2"):
+        load_checkpoint(tmp_path / "model.pt", expected=bigger)
+    other_vocab = ModelConfig(**{**TINY.to_json(), "vocab": tuple(reversed(TINY.vocab))})
+    with pytest.raises(CheckpointMismatchError, match="vocab"):
+        load_checkpoint(tmp_path / "model.pt", expected=other_vocab)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_frac=0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9) == pytest.approx(1.0)
+    assert learning_rate(cfg, 55) == pytest.approx(0.55)
+    assert learning_rate(cfg, 100) == pytest.approx(0.1)
+    early_floor = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_frac=0.1, decay_steps=50)
+    assert learning_rate(early_floor, 50) == learning_rate(early_floor, 99) == pytest.approx(0.1)
+
+
+def test_stop_metric_ends_training_early(tiny_task):
+    cfg = tiny_train_config(stop_metric="val_loss", stop_value=-1.0)  # val_loss >= -1 always holds
+    result = train(build_model(TINY, device="cpu"), tiny_task, cfg, progress=False)
+    assert result.steps == 10 and result.stopped_because == "val_loss >= -1.0"
+
+
+def test_teacher_forced_exact_match_equals_greedy_decoding(tiny_task):
+    model = build_model(TINY, device="cpu")
+    train(model, tiny_task, tiny_train_config(max_steps=60), progress=False)
+    teacher_forced = evaluate_split(model, tiny_task.train_eval, "x")
+    greedy = evaluate_split(model, tiny_task.train_eval, "x", greedy=True)
+    assert teacher_forced == pytest.approx(greedy)
+
+
+def test_recipe_table_reports_when_each_target_was_first_reached():
+    from mechlab.arithmetic.study import recipe_table
+
+    fast = [{"step": 500, "seconds": 60, "val_exact": 0.2}, {"step": 1000, "seconds": 120, "val_exact": 0.6},
+            {"step": 1500, "seconds": 180, "val_exact": 0.995}]
+    slow = [{"step": 500, "seconds": 60, "val_exact": 0.01}, {"step": 1000, "seconds": 120, "val_exact": 0.02}]
+    fast_row, slow_row = recipe_table({"fast": fast, "slow": slow}, at_step=1000)
+    assert fast_row["val exact at step 1,000"] == 0.6 and fast_row["best val exact"] == 0.995
+    assert (fast_row["step to 50%"], fast_row["minutes to 50%"]) == (1000, 2.0)
+    assert (fast_row["step to 99%"], fast_row["minutes to 99%"]) == (1500, 3.0)
+    assert slow_row["step to 50%"] is None and slow_row["steps run"] == 1000
+    assert fast_row["steps per second"] == slow_row["steps per second"] == pytest.approx(8.33)
+
+
+def test_a_continuation_is_drawn_from_where_it_branched_off_its_parent():
+    from mechlab.arithmetic.study import continuation_part
+
+    parent = [{"step": 500, "val_exact": 0.1}, {"step": 1000, "val_exact": 0.5}, {"step": 1500, "val_exact": 0.9}]
+    continued = parent[:2] + [{"step": 1500, "val_exact": 0.7}, {"step": 2000, "val_exact": 0.8}]
+    assert [row["step"] for row in continuation_part(continued, parent)] == [1000, 1500, 2000]
+    unrelated = [{"step": 500, "val_exact": 0.3}, {"step": 1000, "val_exact": 0.4}]
+    assert continuation_part(unrelated, parent) == unrelated
+
+
+def test_largest_rise_finds_where_a_run_left_its_plateau():
+    from mechlab.arithmetic.study import largest_rise
+
+    history = [{"step": s, "val_exact": v} for s, v in [(500, 0.3), (1000, 0.35), (1500, 0.8), (2000, 0.9)]]
+    before, after = largest_rise(history)
+    assert (before["step"], after["step"]) == (1000, 1500)
+    with pytest.raises(ValueError, match="at least two evaluations"):
+        largest_rise(history[:1])
+
+
+def test_the_main_recipe_can_be_rerun_with_another_schedule(generated_data, tmp_path):
+    """How a committed record's command such as `train --max-steps 12000 --min-lr-frac 0.05` works."""
+    from mechlab.arithmetic.study import train_main
+
+    data_dir, _ = generated_data
+    result = train_main(data_dir, tmp_path, quick=True, progress=False, max_steps=20, decay_steps=10, min_lr_frac=0.5)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert (saved["max_steps"], saved["decay_steps"], saved["min_lr_frac"]) == (20, 10, 0.5)
+    assert result.history[-1]["lr"] == pytest.approx(saved["lr"] * 0.5)  # at the floor since step 10
+
+
+def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
+    from mechlab.arithmetic.study import train_variant
+
+    with pytest.raises(ValueError, match="unknown recipe variant 'fast'.*uniform_sampling"):
+        train_variant("fast", tmp_path, tmp_path)
+
+
+def test_rebalancing_draws_every_digit_length_class_equally_often_from_its_step(tiny_task):
+    from collections import defaultdict
+
+    from mechlab.arithmetic.task import digit_lengths
+
+    task = ArithmeticTask(tiny_task.train, tiny_task.val, batch_size=32, length_balance=1.0, rebalance_from=10)
+    assert torch.equal(task.sampling_weights(9), torch.ones(len(task.train)))
+    mass = defaultdict(float)
+    for row, w in zip(task.train.rows, task.sampling_weights(10).tolist()):
+        mass[digit_lengths(row)] += w
+    assert len(mass) > 1 and max(mass.values()) == pytest.approx(min(mass.values()))
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import hashlib, torch
+from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, main_model_config
+from mechlab.arithmetic.data import make_splits
+from mechlab.core.model import build_model
+from mechlab.core.train import TrainConfig, train
+rows = [e.to_json() for e in make_splits()["train"][:2000]]
+task = ArithmeticTask(ArithmeticSplit.from_rows(rows), ArithmeticSplit.from_rows(rows[:200]), batch_size=128)
+model = build_model(main_model_config(), device="cpu")
+train(model, task, TrainConfig(max_steps=30, eval_every=30, checkpoint_every=30), progress=False)
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_two_processes_training_the_main_model_end_with_identical_weights():
+    import subprocess
+    import sys
+
+    runs = [subprocess.Popen([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]  # side by side, as on a busy CPU
+    hashes = [run.communicate(timeout=600)[0].strip() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert hashes[0] == hashes[1]

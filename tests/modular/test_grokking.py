@@ -1,0 +1,61 @@
+"""The grokking detector on synthetic curves and the progress measures on a tiny model (seconds)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mechlab.modular.grokking import crossings, detect_from_history, detect_grokking, progress_measures
+from mechlab.core.model import ModelConfig, build_model
+from mechlab.modular.task import make_split, vocab
+
+
+def sigmoid_curve(epochs, midpoint, width=0.15):
+    return [1 / (1 + math.exp(-(math.log10(e) - math.log10(midpoint)) / width)) for e in epochs]
+
+
+EPOCHS = [10 * i for i in range(1, 2001)]  # 10 .. 20,000
+
+
+def test_delayed_generalisation_is_detected_at_the_right_epochs():
+    train = sigmoid_curve(EPOCHS, 300)
+    test = sigmoid_curve(EPOCHS, 5000)
+    c = detect_grokking(EPOCHS, train, test)
+    assert c is not None
+    assert 1000 <= c.train_99 <= 2000 and 4500 <= c.test_50 <= 5500 and c.test_95 > c.test_50
+    assert c.delay_ratio > 2
+
+
+def test_a_run_that_never_groks_returns_none():
+    train = sigmoid_curve(EPOCHS, 300)
+    assert detect_grokking(EPOCHS, train, [0.01] * len(EPOCHS)) is None
+    assert detect_grokking(EPOCHS, train, [min(0.9, t) for t in sigmoid_curve(EPOCHS, 5000)]) is None  # stalls < 95%
+
+
+def test_generalising_with_memorisation_is_not_grokking():
+    train = sigmoid_curve(EPOCHS, 300)
+    test = sigmoid_curve(EPOCHS, 350)
+    assert detect_grokking(EPOCHS, train, test) is None
+    c = crossings(EPOCHS, train, test)
+    assert c.test_95 is not None and c.delay_ratio < 2
+
+
+def test_detect_from_history_reads_training_rows():
+    rows = [{"step": e, "train_acc": tr, "test_acc": te}
+            for e, tr, te in zip(EPOCHS, sigmoid_curve(EPOCHS, 100), sigmoid_curve(EPOCHS, 2000))]
+    c, det = detect_from_history(rows)
+    assert det == c and c.train_99 < c.test_50
+
+
+def test_progress_measures_run_on_a_tiny_one_layer_model():
+    p = 13
+    cfg = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=p + 1, n_ctx=3, act_fn="relu",
+                      normalization_type=None, vocab=vocab("one_layer", p))
+    model = build_model(cfg, device="cpu")
+    split = make_split(p, train_fraction=0.5, seed=0)
+    m = progress_measures(model, p, [1, 2], split.train, split.test)
+    assert set(m) >= {"train_loss", "test_loss", "restricted_loss", "excluded_loss"}
+    assert all(math.isfinite(v) for v in m.values())
+    # with every frequency kept, the restricted logits equal the full MLP path: excluded = non-MLP path
+    full = progress_measures(model, p, list(range(1, 7)), split.train, split.test)
+    assert math.isfinite(full["excluded_loss"])

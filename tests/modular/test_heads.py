@@ -1,0 +1,53 @@
+"""Head classification for the 3-layer a + b = model: the rule on hand-made patterns, and the
+attention read-out and ablation hook on a tiny untrained model (seconds)."""
+from __future__ import annotations
+
+import torch
+
+from mechlab.modular.heads import classify_heads, classify_pattern, eq_attention, head_ablation_hook
+from mechlab.core.model import ModelConfig, build_model
+from mechlab.modular.task import encode, vocab
+
+P = 7
+
+
+def test_rule_on_hand_made_patterns():
+    assert classify_pattern(torch.tensor([0.7, 0.1, 0.1, 0.1])) == "attends-a"
+    assert classify_pattern(torch.tensor([0.1, 0.0, 0.8, 0.1])) == "attends-b"
+    assert classify_pattern(torch.tensor([0.05, 0.05, 0.1, 0.8])) == "self"
+    assert classify_pattern(torch.tensor([0.4, 0.1, 0.4, 0.1])) == "spread"
+    assert classify_pattern(torch.tensor([0.1, 0.7, 0.1, 0.1])) == "attends-+"
+    assert classify_pattern(torch.tensor([0.5, 0.0, 0.2, 0.3]), threshold=0.5) == "attends-a"
+
+
+def test_classify_heads_covers_every_head():
+    mass = torch.zeros(3, 4, 4)
+    mass[..., 3] = 1.0  # everything on '='
+    mass[1, 2] = torch.tensor([0.9, 0.0, 0.1, 0.0])
+    classes = classify_heads(mass)
+    assert len(classes) == 12 and classes[(1, 2)] == "attends-a"
+    assert sum(v == "self" for v in classes.values()) == 11
+
+
+def tiny_model():
+    cfg = ModelConfig(n_layers=3, n_heads=4, d_model=16, d_head=4, d_mlp=32, d_vocab=P + 2, n_ctx=4, act_fn="relu",
+                      vocab=vocab("three_layer", P))
+    return build_model(cfg, device="cpu")
+
+
+def test_eq_attention_is_a_distribution_over_the_four_positions():
+    pattern = eq_attention(tiny_model(), torch.tensor([[1, 2], [5, 6]]), P)
+    assert pattern.shape == (2, 3, 4, 4)
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, 3, 4), atol=1e-5)
+
+
+def test_mean_ablation_hook_replaces_only_the_chosen_heads():
+    model = tiny_model()
+    x = encode(torch.tensor([[1, 2], [3, 4], [0, 6]]), "three_layer", P)
+    _, cache = model.run_with_cache(x)
+    z = cache["blocks.1.attn.hook_z"]
+    means = z.mean(0)
+    out = head_ablation_hook([2], "mean", means)(z)
+    assert torch.allclose(out[:, :, 2], means[:, 2].expand_as(out[:, :, 2]))
+    assert torch.equal(out[:, :, 0], z[:, :, 0])
+    assert (head_ablation_hook([0, 3], "zero")(z)[:, :, [0, 3]] == 0).all()
