@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root, the data sets generated once per session, and Chromium."""
+"""Shared fixtures: the repository root, a tiny arithmetic model, the data sets generated once per
+session, and Chromium."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from mechlab.arithmetic.tokenizer import VOCAB
+from mechlab.core.model import ModelConfig, build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))  # check_reports.py, render_notebook.py
@@ -15,6 +20,23 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))  # check_reports.py, render_noteb
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# The main study's layout and vocabulary with a tiny architecture: what analysis tests run on.
+TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=len(VOCAB), n_ctx=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return TINY
+
+
+@pytest.fixture
+def tiny_model():
+    """A randomly initialised 2-layer, 2-head model over the arithmetic vocabulary (seed 0), in float64
+    so comparisons with TransformerLens' reference implementations are exact to ~1e-12."""
+    torch.manual_seed(0)
+    return build_model(TINY, device="cpu").double()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from mechlab.analysis.ablation import (Component, ablation_hooks, ablation_sweep
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
 from mechlab.arithmetic.data import bucket_of
 from mechlab.core.model import ModelConfig, build_model
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
 
@@ -37,7 +38,7 @@ def test_components():
 def test_hooks_set_the_right_values(model, data):
     test, ref_split = data
     ref = reference_activations(model, ref_split)
-    tokens = test.tokens[:, :25]
+    tokens = test.tokens[:, :MODEL_INPUT_LEN]
     comp = Component("head", 1, 0)
     for method in ("zero", "mean", "resample"):
         seen = {}
@@ -62,7 +63,7 @@ def test_hooks_set_the_right_values(model, data):
 
 def test_whole_layer_zero_ablation_removes_its_writes(model, data):
     test, _ = data
-    tokens = test.tokens[:, :25]
+    tokens = test.tokens[:, :MODEL_INPUT_LEN]
     with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks([Component("layer", 1)], "zero")):
         logits, cache = model.run_with_cache(tokens)
     assert torch.allclose(cache["blocks.1.hook_resid_post"], cache["blocks.1.hook_resid_pre"])

@@ -7,6 +7,7 @@ from mechlab.analysis.attribution import (DIGIT_IDS, answer_digit_targets, direc
 from mechlab.arithmetic.data import bucket_of
 from mechlab.core.model import ModelConfig, build_model
 from mechlab.arithmetic.tokenizer import EQUALS_POS
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
 
@@ -57,7 +58,7 @@ def test_logit_lens():
     assert lens.top_is_correct.shape == (6, n_points, 3)
     # the last point is the model's own output: top correct there iff the model's argmax is correct
     with torch.no_grad():
-        logits = model(s.tokens[:, :25])[:, EQUALS_POS:EQUALS_POS + 3]
+        logits = model(s.tokens[:, :MODEL_INPUT_LEN])[:, EQUALS_POS:EQUALS_POS + 3]
     ids, _ = answer_digit_targets(s.tokens)
     assert torch.equal(lens.top_is_correct[:, -1], logits.argmax(-1) == ids)
     # first_point: -1 or a point from which every later point is correct

@@ -7,6 +7,7 @@ from mechlab.core.model import ModelConfig, build_model
 from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask, attention_patterns,
                            head_role_table, label_head, position_roles, position_slots, role_ids,
                            slot_aligned_attention, slot_ids)
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
 
@@ -73,7 +74,7 @@ def test_gallery_and_head_table_on_tiny_model():
     model = build_model(TINY, device="cpu")
     toks = tokens_for([(12, 34), (567, 8), (999, 0), (100, 12)])[:, :25]
     pats = attention_patterns(model, toks)
-    assert pats.shape == (4, 2, 2, 25, 25)
+    assert pats.shape == (4, 2, 2, MODEL_INPUT_LEN, MODEL_INPUT_LEN)
     avg, names = slot_aligned_attention(pats, toks)
     assert avg.shape[-1] == len(names) and "a:100" in names and "a:1000" not in names
     # every destination slot's masses sum to 1 over source slots

@@ -99,16 +99,39 @@ def test_setup_notebook_sets_the_renderer_and_template(monkeypatch):
         pio.renderers.default, pio.templates.default = old
 
 
-def test_save_figure_writes_png_and_svg(tmp_path, chromium):
+def test_save_figure_writes_png_and_svg_that_are_byte_stable(tmp_path, chromium):
     fig = px.bar(x=["no_wrap", "large_wrap"], y=[3, 5], title="example")
-    paths = plotting.save_figure(fig, "example", directory=tmp_path)
-    assert [p.name for p in paths] == ["example.png", "example.svg"]
-    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "<svg" in paths[1].read_text()[:500]
+    plotting.save_figure(fig, "example", directory=tmp_path)
+    png, svg = (tmp_path / "example.png").read_bytes(), (tmp_path / "example.svg").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg[:500]
+    plotting.save_figure(fig, "example", directory=tmp_path)
+    assert (tmp_path / "example.png").read_bytes() == png
+    assert (tmp_path / "example.svg").read_bytes() == svg  # plotly's random clip-path id is replaced
 
 
-def test_save_figure_without_a_browser_says_how_to_get_one(tmp_path, monkeypatch):
+def test_quick_notebooks_save_no_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr("IPython.display.display", lambda obj: None)
+    plotting.setup_notebook(quick=True)
+    try:
+        plotting.save_figure(px.line(x=[0, 1], y=[0, 1]), "quick", directory=tmp_path)
+    finally:
+        plotting._SAVING["enabled"] = True
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_figure_without_a_browser_skips_with_one_line_or_says_how_to_get_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    fig = px.line(x=[0, 1], y=[0, 1])
+    plotting.save_figure(fig, "skipped", directory=tmp_path)
+    printed = capsys.readouterr().out
+    assert printed.startswith("skipped: static export of 'skipped'") and printed.count("\n") == 1
     with pytest.raises(plotting.BrowserNotFoundError, match=r"no-such-chrome.*apt-get install -y chromium"):
-        plotting.save_figure(px.line(x=[0, 1], y=[0, 1]), "never", directory=tmp_path, formats=("png",))
-    assert not (tmp_path / "never.png").exists()
+        plotting.save_figure(fig, "never", directory=tmp_path, formats=("png",), require_browser=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_stable_svg_ids_replace_plotly_random_id_everywhere():
+    svg = '<defs id="defs-ab12cd"><clipPath id="clipab12cdxyplot"/></defs><g clip-path="url(#clipab12cdxy)"/>' \
+          '<g id="topdefs-ab12cd"/><path clip-path="url(#legendab12cd)"/>'
+    stable = plotting._stable_svg_ids(svg, "fig")
+    assert "ab12cd" not in stable and stable == plotting._stable_svg_ids(svg.replace("ab12cd", "ff00ee"), "fig")

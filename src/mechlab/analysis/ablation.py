@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from mechlab.arithmetic.task import N_ANSWER_TOKENS, ArithmeticSplit, evaluate_split
-from mechlab.arithmetic.tokenizer import ANSWER_START
+from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 METHODS = ("zero", "mean", "resample")
 CRITICAL_DROP = 0.10
@@ -88,7 +88,7 @@ def impact_class(drop: float, critical: float = CRITICAL_DROP, moderate: float =
 def reference_activations(model, split: ArithmeticSplit, batch_size: int = 1024) -> dict[str, torch.Tensor]:
     """Activations at every ablatable hook on `split` (teacher-forced), [n, pos, ...] per hook."""
     names = {n for c in all_components(model.cfg) for n in c.hook_names()}
-    tokens = split.tokens[:, : ANSWER_START + N_ANSWER_TOKENS - 1]
+    tokens = split.tokens[:, :MODEL_INPUT_LEN]
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for chunk in tokens.split(batch_size):
         _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n in names)

@@ -28,11 +28,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from mechlab.arithmetic.task import N_ANSWER_TOKENS, TOKENIZER
-from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MAX_ANSWER_DIGITS
-
-SEQ_INPUT = ANSWER_START + N_ANSWER_TOKENS - 1
-DIGIT_IDS = torch.tensor([TOKENIZER.stoi[str(d)] for d in range(10)])
+from mechlab.arithmetic.tokenizer import ANSWER_START, DIGIT_IDS, EQUALS_POS, MAX_ANSWER_DIGITS, MODEL_INPUT_LEN
 
 
 def answer_digit_targets(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +101,7 @@ def direct_logit_attribution(model, tokens: torch.Tensor, batch_size: int = 256)
     labels = None
     n_layers = model.cfg.n_layers
     for s in range(0, len(tokens), batch_size):
-        chunk = tokens[s:s + batch_size, :SEQ_INPUT].to(model.cfg.device)
+        chunk = tokens[s:s + batch_size, :MODEL_INPUT_LEN].to(model.cfg.device)
         cid = correct_ids[s:s + batch_size].to(model.cfg.device)
         logits, cache = model.run_with_cache(chunk)
         la = logits[:, positions]
@@ -166,7 +162,7 @@ def logit_lens(model, tokens: torch.Tensor, batch_size: int = 256) -> LogitLensR
     tops, lps = [], []
     labels = None
     for s in range(0, len(tokens), batch_size):
-        chunk = tokens[s:s + batch_size, :SEQ_INPUT].to(model.cfg.device)
+        chunk = tokens[s:s + batch_size, :MODEL_INPUT_LEN].to(model.cfg.device)
         cid = correct_ids[s:s + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(chunk)
         resid, labels = cache.accumulated_resid(layer=None, incl_mid=True, pos_slice=pos_slice, return_labels=True)

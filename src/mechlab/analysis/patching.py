@@ -56,11 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mechlab.arithmetic.task import N_ANSWER_TOKENS, TOKENIZER, ArithmeticSplit, teacher_forced_exact
+from mechlab.arithmetic.task import ArithmeticSplit, teacher_forced_exact
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of
-from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS
+from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS
 
-SEQ_INPUT = ANSWER_START + N_ANSWER_TOKENS - 1  # model input length: prompt + answer minus the last token
 ANSWER_POSITIONS = list(range(EQUALS_POS, EQUALS_POS + N_ANSWER_TOKENS))  # positions predicting answer tokens
 PAIR_KINDS = ("a", "b", "wrap")
 SWEEPS = ("resid_pre", "attn_out", "mlp_out", "z_by_pos", "z_all_pos")
@@ -116,13 +115,13 @@ class PatchingPairs:
 
     @property
     def clean_tokens(self) -> torch.Tensor:
-        """[n, SEQ_INPUT]: clean prompt + clean answer (teacher forcing)."""
-        return self.clean.tokens[:, :SEQ_INPUT]
+        """[n, MODEL_INPUT_LEN]: clean prompt + clean answer (teacher forcing)."""
+        return self.clean.tokens[:, :MODEL_INPUT_LEN]
 
     @property
     def corrupted_tokens(self) -> torch.Tensor:
-        """[n, SEQ_INPUT]: corrupted prompt + the *clean* answer, so the metrics score the clean answer."""
-        return torch.cat([self.corrupted.prompts, self.clean.answers], dim=1)[:, :SEQ_INPUT]
+        """[n, MODEL_INPUT_LEN]: corrupted prompt + the *clean* answer, so the metrics score the clean answer."""
+        return torch.cat([self.corrupted.prompts, self.clean.answers], dim=1)[:, :MODEL_INPUT_LEN]
 
     @property
     def clean_answers(self) -> torch.Tensor:

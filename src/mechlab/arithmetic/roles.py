@@ -176,39 +176,6 @@ def slot_aligned_attention(patterns: torch.Tensor, tokens: torch.Tensor) -> tupl
     return avg, [SLOTS[i] for i in keep.tolist()]
 
 
-def load_analysis_model(checkpoint, allow_random: bool = False, device: str = "cpu"):
-    """The main model for the analysis notebooks (02-05).
-
-    `checkpoint` is an exported checkpoint (checkpoints/main/model.pt, config checked) or a
-    training snapshot (runs/main/step_NNNNNN.pt / last.pt: a dict with "state_dict"). If it does
-    not exist and `allow_random` (quick mode), a randomly initialised main model is returned
-    instead, with a printed warning, so the notebooks still run end to end.
-    Returns (model, description).
-    """
-    from pathlib import Path
-
-    from mechlab.arithmetic.task import main_model_config
-    from mechlab.core.model import build_model, load_checkpoint
-
-    path = Path(checkpoint)
-    if not path.exists():
-        if not allow_random:
-            raise FileNotFoundError(f"no checkpoint at {path}: train and export the main model "
-                                    "(`make train`), or pass a runs/main/step_*.pt snapshot")
-        print(f"WARNING: no checkpoint at {path}; using a randomly initialised main model (quick mode only)")
-        model, what = build_model(main_model_config(), device=device), "random init (no checkpoint)"
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if "config" in ckpt:
-            model = load_checkpoint(path, expected=main_model_config(), device=device)
-        else:
-            model = build_model(main_model_config(), device=device)
-            model.load_state_dict(ckpt["state_dict"])
-        what = f"{path} (step {ckpt.get('step', '?')})"
-    model.eval()
-    return model, what
-
-
 @torch.no_grad()
 def attention_patterns(model, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """[batch, n_layers, n_heads, pos, pos] attention patterns of `model` on `tokens`."""

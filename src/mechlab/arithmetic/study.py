@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, main_model_config
-from mechlab.core.io import write_json_atomic
+from mechlab.core.io import load_torch_file, write_json_atomic
 from mechlab.core.model import build_model, count_parameters, load_checkpoint, save_checkpoint
 from mechlab.core.train import TrainConfig, TrainResult, load_history, train
 
@@ -137,7 +137,7 @@ def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[fl
 def export_run(run_dir: Path, out_dir: Path) -> Path:
     """Copy a run's final weights, config and metrics history into `out_dir` (the committed layout:
     model.pt, config.json, train_config.json, metrics.json). Returns the model path."""
-    last = torch.load(Path(run_dir) / "last.pt", map_location="cpu", weights_only=False)
+    last = load_torch_file(Path(run_dir) / "last.pt")
     model = build_model(main_model_config(), device="cpu")
     model.load_state_dict(last["state_dict"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +145,34 @@ def export_run(run_dir: Path, out_dir: Path) -> Path:
     write_json_atomic(out_dir / "metrics.json", load_history(run_dir))
     shutil.copyfile(Path(run_dir) / "train_config.json", out_dir / "train_config.json")
     return out_dir / "model.pt"
+
+
+def load_analysis_model(checkpoint, allow_random: bool = False, device: str = "cpu"):
+    """The main model for the analysis notebooks (02-05).
+
+    `checkpoint` is an exported checkpoint (checkpoints/main/model.pt, config checked) or a
+    training snapshot (runs/main/step_NNNNNN.pt / last.pt: a dict with "state_dict"). If it does
+    not exist and `allow_random` (quick mode), a randomly initialised main model is returned
+    instead, with a printed warning, so the notebooks still run end to end.
+    Returns (model, description).
+    """
+    path = Path(checkpoint)
+    if not path.exists():
+        if not allow_random:
+            raise FileNotFoundError(f"no checkpoint at {path}: train and export the main model "
+                                    "(`make train`), or pass a runs/main/step_*.pt snapshot")
+        print(f"WARNING: no checkpoint at {path}; using a randomly initialised main model (quick mode only)")
+        model, what = build_model(main_model_config(), device=device), "random init (no checkpoint)"
+    else:
+        ckpt = load_torch_file(path)
+        if "config" in ckpt:
+            model = load_checkpoint(path, expected=main_model_config(), device=device)
+        else:
+            model = build_model(main_model_config(), device=device)
+            model.load_state_dict(ckpt["state_dict"])
+        what = f"{path} (step {ckpt.get('step', '?')})"
+    model.eval()
+    return model, what
 
 
 def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] = EVAL_SETS,

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from mechlab.arithmetic.data import read_jsonl
-from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MAX_ANSWER_DIGITS, VOCAB, ArithmeticTokenizer
+from mechlab.arithmetic.tokenizer import (ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS, VOCAB,
+                                          ArithmeticTokenizer)
 
 TOKENIZER = ArithmeticTokenizer()
-N_ANSWER_TOKENS = MAX_ANSWER_DIGITS + 1  # digits + <eos>
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ArithmeticSplit:
 
 def answer_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """[batch, N_ANSWER_TOKENS, d_vocab]: the logits that predict each answer token."""
-    return model(tokens[:, : ANSWER_START + N_ANSWER_TOKENS - 1])[:, EQUALS_POS:]
+    return model(tokens[:, :MODEL_INPUT_LEN])[:, EQUALS_POS:]
 
 
 def answer_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

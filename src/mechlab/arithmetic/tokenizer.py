@@ -25,6 +25,9 @@ MAX_ANSWER_DIGITS = 3
 EQUALS_POS = PROMPT_WIDTH  # position of "=" (position 0 holds <bos>)
 ANSWER_START = EQUALS_POS + 1
 SEQ_LEN = 1 + PROMPT_WIDTH + MAX_ANSWER_DIGITS + 1  # <bos> + prompt + answer + <eos>
+N_ANSWER_TOKENS = MAX_ANSWER_DIGITS + 1  # answer digits + <eos>
+MODEL_INPUT_LEN = SEQ_LEN - 1  # what the model reads: every token but the last (which it only predicts)
+DIGIT_IDS = torch.tensor([VOCAB.index(str(d)) for d in range(10)])  # token ids of '0'..'9'
 
 PROMPT_RE = re.compile(r"^(0|[1-9][0-9]*) \+ (0|[1-9][0-9]*) mod ([1-9][0-9]*) =$")
 

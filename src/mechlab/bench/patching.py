@@ -129,7 +129,7 @@ def main() -> None:
     if args.plot_only:
         from mechlab.core.plotting import save_figure
 
-        print(save_figure(figure(json.loads(args.out.read_text())), args.figure))
+        save_figure(figure(json.loads(args.out.read_text())), args.figure, require_browser=True)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +144,8 @@ def main() -> None:
     if args.figure:
         from mechlab.core.plotting import save_figure
 
-        print("wrote", *save_figure(figure(report), args.figure))
+        save_figure(figure(report), args.figure, require_browser=True)
+        print(f"wrote figures/{args.figure}.png and .svg")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from mechlab.arithmetic.task import ANSWER_START, N_ANSWER_TOKENS, answer_loss, main_model_config
+from mechlab.arithmetic.task import answer_loss, main_model_config
+from mechlab.arithmetic.tokenizer import SEQ_LEN, VOCAB
 from mechlab.core.io import write_json_atomic
 from mechlab.arithmetic.study import first_reaching
 from mechlab.core.model import build_model, count_parameters, default_device
-from mechlab.arithmetic.tokenizer import VOCAB
 
 
 def machine_info() -> dict:
@@ -65,7 +65,7 @@ def training_throughput(device: torch.device, steps: int, batch_size: int) -> di
     """Time `steps` AdamW steps of the main model on random answer-shaped batches."""
     model = build_model(main_model_config(), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    seq_len = ANSWER_START + N_ANSWER_TOKENS
+    seq_len = SEQ_LEN
     tokens = torch.randint(0, len(VOCAB) - 3, (batch_size, seq_len), device=device)
 
     def step() -> None:

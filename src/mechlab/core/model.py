@@ -3,6 +3,12 @@ checkpoint save/load that refuses a checkpoint written for another config or voc
 
 Everything that touches TransformerLens' model classes lives here, so a later move to
 TransformerLens 4 (`TransformerBridge.boot_native`) changes this file only.
+
+A checkpoint records its model's config, whose `kind` (absent for a transformer) names the
+builder that rebuilds it: "transformer" (`ModelConfig`, `build_model`) is built in; a task
+family with a model of its own registers it with `register_model_kind` (the grokking MLP in
+`mechlab.modular.mlp`). `load_checkpoint` dispatches on it, and reads files with
+`torch.load(weights_only=True)`, so loading a checkpoint never runs code from it.
 """
 from __future__ import annotations
 
@@ -11,12 +17,12 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mechlab.core.io import torch_save_atomic, write_json_atomic
+from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -103,82 +109,50 @@ def check_config_matches(saved: dict[str, Any], expected: dict[str, Any], path: 
         raise CheckpointMismatchError(f"{path} was saved for another config:\n  " + "\n  ".join(diffs))
 
 
-def load_checkpoint(path: Path, expected: ModelConfig | None = None, device: torch.device | str | None = None) -> HookedTransformer:
-    """Rebuild the model saved at `path`. If `expected` is given, its config (including the
-    vocabulary) must match the checkpoint's exactly, or CheckpointMismatchError is raised."""
+@dataclass(frozen=True)
+class ModelKind:
+    """How to rebuild one kind of model: its config class (with `from_json`) and its builder."""
+
+    config_class: type
+    build: Callable[..., torch.nn.Module]
+
+
+MODEL_KINDS: dict[str, ModelKind] = {"transformer": ModelKind(ModelConfig, build_model)}
+
+
+def register_model_kind(kind: str, config_class: type, build: Callable[..., torch.nn.Module]) -> None:
+    """Let `load_checkpoint` rebuild models whose saved config has `"kind": kind`."""
+    if kind in MODEL_KINDS and MODEL_KINDS[kind] != ModelKind(config_class, build):
+        raise ValueError(f"model kind {kind!r} is already registered")
+    MODEL_KINDS[kind] = ModelKind(config_class, build)
+
+
+def config_from_json(obj: dict[str, Any]) -> Any:
+    """The config dataclass a checkpoint's `config` dict describes (dispatching on its `kind`)."""
+    kind = obj.get("kind", "transformer")
+    if kind not in MODEL_KINDS:
+        raise CheckpointMismatchError(f"unknown model kind {kind!r} (known: {', '.join(sorted(MODEL_KINDS))}); "
+                                      "import the package that registers it first")
+    return MODEL_KINDS[kind].config_class.from_json(obj)
+
+
+def build(cfg: Any, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A freshly initialised model of any registered kind for `cfg`."""
+    kind = cfg.to_json().get("kind", "transformer")
+    return MODEL_KINDS[kind].build(cfg, device)
+
+
+def load_checkpoint(path: Path, expected: Any | None = None, device: torch.device | str | None = None) -> torch.nn.Module:
+    """Rebuild the model saved at `path` (a `save_checkpoint` file) of whatever registered kind.
+    If `expected` (a config) is given, the checkpoint's config, vocabulary included, must match it
+    exactly, or CheckpointMismatchError is raised."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch_file(path)
+    if "config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointMismatchError(f"{path} is not a model checkpoint (it has no config and state_dict)")
     if expected is not None:
         saved = json.loads(json.dumps(ckpt["config"]))
         check_config_matches(saved, json.loads(json.dumps(expected.to_json())), path)
-    cfg = ModelConfig.from_json(ckpt["config"])
-    model = build_model(cfg, device)
-    model.load_state_dict(ckpt["state_dict"])
-    return model
-
-
-# --- The grokking MLP (issue 3, part A): a plain torch module, built and saved like the rest. ---
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    """Embeddings of a and b (d_embed each, separate tables) -> concatenation -> one ReLU hidden
-    layer (d_hidden) -> p logits."""
-
-    p: int = 113
-    d_embed: int = 128
-    d_hidden: int = 256
-    seed: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": "modular_mlp", **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "MLPConfig":
-        return cls(**{k: v for k, v in obj.items() if k != "kind"})
-
-
-class ModularMLP(torch.nn.Module):
-    """forward(pairs [n, 2]) -> logits [n, p]. `hidden(pairs)` gives the post-ReLU neurons."""
-
-    def __init__(self, cfg: MLPConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_a = torch.nn.Embedding(cfg.p, cfg.d_embed)
-        self.embed_b = torch.nn.Embedding(cfg.p, cfg.d_embed)
-        self.hidden_layer = torch.nn.Linear(2 * cfg.d_embed, cfg.d_hidden)
-        self.out = torch.nn.Linear(cfg.d_hidden, cfg.p)
-
-    def hidden(self, pairs: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.embed_a(pairs[:, 0]), self.embed_b(pairs[:, 1])], dim=-1)
-        return torch.relu(self.hidden_layer(x))
-
-    def forward(self, pairs: torch.Tensor, hidden_hook=None) -> torch.Tensor:
-        h = self.hidden(pairs)
-        if hidden_hook is not None:  # e.g. zero-ablate neurons: lambda h: h * mask
-            h = hidden_hook(h)
-        return self.out(h)
-
-
-def build_mlp(cfg: MLPConfig, device: torch.device | str | None = None) -> ModularMLP:
-    """A freshly initialised ModularMLP (deterministic given `cfg.seed`)."""
-    torch.manual_seed(cfg.seed)
-    model = ModularMLP(cfg).to(device or default_device())
-    model.mechlab_config = cfg
-    return model
-
-
-def load_mlp_checkpoint(path: Path, expected: MLPConfig | None = None,
-                        device: torch.device | str | None = None) -> ModularMLP:
-    """Rebuild a ModularMLP saved with `save_checkpoint`; config checked like `load_checkpoint`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if expected is not None:
-        check_config_matches(ckpt["config"], expected.to_json(), path)
-    model = build_mlp(MLPConfig.from_json(ckpt["config"]), device)
+    model = build(config_from_json(ckpt["config"]), device)
     model.load_state_dict(ckpt["state_dict"])
     return model

@@ -2,8 +2,8 @@
 
 Every notebook starts with
 
-    from mechlab.core.plotting import setup_notebook, show_circuitsvis, save_figure
-    setup_notebook()
+    from mechlab.core.plotting import heatmap, save_figure, setup_notebook, show_circuitsvis
+    setup_notebook(quick=quick)
 
 which (1) makes `fig.show()` use the "mechlab" renderer and template, and (2) embeds plotly.js
 and the circuitsvis bundle ONCE in the notebook's output. Each later figure or attention view is
@@ -12,21 +12,32 @@ HTML (`make all` -> reports/*.html) shows every figure with no network access, a
 holds one copy of each library instead of one per figure.
 
     fig = px.line(...); fig.show()                 # interactive plotly figure
+    heatmap(values, x=..., y=..., title=..., name="patch_resid")  # one call: imshow, show, save
     show_circuitsvis(cv.attention.attention_patterns(tokens=toks, attention=pattern))
     save_figure(fig, "main_loss_curve")             # static figures/main_loss_curve.png (+ .svg)
 
-Static export (`save_figure`) goes through kaleido, which drives a local Chrome/Chromium;
-install one with `apt-get install chromium` or point BROWSER_PATH at a Chrome binary.
+Static export (`save_figure`) goes through kaleido, which drives a local Chrome/Chromium
+(`apt-get install chromium`, or BROWSER_PATH pointing at a Chrome binary). Whether figures are
+saved is decided once per notebook: `setup_notebook(quick=True)` turns saving off (quick runs
+must not overwrite the committed figures), and without a browser saving is skipped with one
+printed line, so reports never need one. SVG exports are made byte-stable (plotly writes a random
+id into each SVG; it is replaced by one derived from the figure's name), so regenerating a figure
+from the same data leaves `figures/` unchanged.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io._base_renderers import HtmlRenderer
+
+from mechlab.core.io import write_bytes_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FIGURES_DIR = REPO_ROOT / "figures"
@@ -103,14 +114,19 @@ def use_defaults() -> None:
     pio.templates.default = TEMPLATE
 
 
-def setup_notebook(renderer: str = TEMPLATE_NAME) -> None:
-    """Set plotly's renderer and template and embed plotly.js + circuitsvis once in this output.
+_SAVING = {"enabled": True}  # set by setup_notebook(quick=...): quick runs write no figures
+
+
+def setup_notebook(quick: bool = False, renderer: str = TEMPLATE_NAME) -> None:
+    """Set plotly's renderer and template and embed plotly.js + circuitsvis once in this output;
+    with `quick`, `save_figure` writes nothing for the rest of the session.
 
     Call it in the first code cell of every notebook; call it again in the same kernel only
     after clearing outputs (each call embeds the libraries again).
     """
     from IPython.display import HTML, display
 
+    _SAVING["enabled"] = not quick
     use_defaults()
     pio.renderers.default = renderer
     display(HTML(plotlyjs_html() + "\n" + circuitsvis_bundle_html()))
@@ -147,16 +163,6 @@ def show_circuitsvis(rendered: Any) -> None:
     display(_HTML(circuitsvis_html(rendered)))
 
 
-def attention_view(tokens: Sequence[str], pattern: Any, head_names: Sequence[str] | None = None) -> None:
-    """Show attention patterns [n_heads, query, key] (or [query, key]) over `tokens` with circuitsvis."""
-    import circuitsvis as cv
-
-    if getattr(pattern, "ndim", 3) == 2:
-        pattern = pattern[None]
-    kwargs = {"attention_head_names": list(head_names)} if head_names is not None else {}
-    show_circuitsvis(cv.attention.attention_patterns(tokens=list(tokens), attention=pattern, **kwargs))
-
-
 # ---- static export ---------------------------------------------------------------------------
 class BrowserNotFoundError(RuntimeError):
     pass
@@ -171,21 +177,69 @@ def find_browser() -> str | None:
     return path if path and Path(path).is_file() else None
 
 
+def _stable_svg_ids(svg: str, name: str) -> str:
+    """Replace the random id plotly writes into an SVG (defs-<id>, clip<id>..., legend<id>) with
+    one derived from `name`, so the same figure always gives the same bytes."""
+    found = re.search(r'id="defs-([0-9a-f]+)"', svg)
+    if found is None:
+        return svg
+    stable = hashlib.sha256(name.encode()).hexdigest()[:len(found.group(1))]
+    return re.sub(rf"(clip|legend|defs-|topdefs-){found.group(1)}", rf"\g<1>{stable}", svg)
+
+
 def save_figure(fig: go.Figure, name: str, formats: Iterable[str] = ("png", "svg"), directory: Path | None = None,
-                width: int = FIG_WIDTH, height: int = FIG_HEIGHT, scale: float = 2.0) -> list[Path]:
-    """Write `fig` as figures/NAME.png (and .svg) with the mechlab template; returns the paths."""
+                width: int = FIG_WIDTH, height: int = FIG_HEIGHT, scale: float = 2.0, require_browser: bool = False) -> None:
+    """Write `fig` as figures/NAME.png (and .svg) with the mechlab template.
+
+    Writes nothing after `setup_notebook(quick=True)`. Without Chrome/Chromium it prints one line
+    saying the static export was skipped (or, with `require_browser`, raises BrowserNotFoundError).
+    """
+    if not _SAVING["enabled"]:
+        return
     if find_browser() is None:
         where = f"BROWSER_PATH={os.environ['BROWSER_PATH']!r} is not a file. " if os.environ.get("BROWSER_PATH") else ""
-        raise BrowserNotFoundError(
-            f"save_figure needs Chrome or Chromium for kaleido's static export and found none. {where}"
-            "Install one (Debian/Ubuntu: `sudo apt-get install -y chromium`) or set BROWSER_PATH "
-            "to a Chrome/Chromium executable.")
+        message = (f"static export of {name!r} needs Chrome or Chromium for kaleido and found none. {where}"
+                   "Install one (Debian/Ubuntu: `sudo apt-get install -y chromium`) or set BROWSER_PATH "
+                   "to a Chrome/Chromium executable.")
+        if require_browser:
+            raise BrowserNotFoundError(message)
+        print(f"skipped: {message}")
+        return
     directory = Path(directory) if directory is not None else FIGURES_DIR
     directory.mkdir(parents=True, exist_ok=True)
     fig = go.Figure(fig).update_layout(template=TEMPLATE)  # a copy, in the house style
-    paths = []
     for fmt in formats:
         path = directory / f"{name}.{fmt}"
-        fig.write_image(path, format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
-        paths.append(path)
-    return paths
+        if fmt == "svg":
+            svg = fig.to_image(format="svg", width=width, height=height).decode()
+            write_text_atomic(path, _stable_svg_ids(svg, name))
+        else:
+            write_bytes_atomic(path, fig.to_image(format=fmt, width=width, height=height, scale=scale))
+
+
+def heatmap(values: Any, x: Sequence | None = None, y: Sequence | None = None, title: str = "", *,
+            diverging: bool = True, name: str | None = None, labels: dict[str, str] | None = None,
+            facet_labels: Sequence[str] | None = None, show: bool = True, **imshow_kwargs: Any) -> go.Figure:
+    """One call per heatmap, as in the TransformerLens and ARENA demos: `px.imshow` in the house
+    style (signed values on the diverging scale centred on 0, else the sequential one), shown, and
+    saved as figures/NAME.* when `name` is given. `values`: [rows, cols] or, with
+    `facet_col=0`, [facets, rows, cols] (array, tensor or DataFrame); `facet_labels` names the
+    facets. Returns the figure."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    scale = dict(color_continuous_scale=DIVERGING_SCALE, color_continuous_midpoint=0.0) if diverging \
+        else dict(color_continuous_scale=SEQUENTIAL_SCALE)
+    fig = px.imshow(values, x=x, y=y, title=title, labels=labels or {}, aspect="auto", **(scale | imshow_kwargs))
+    if facet_labels is not None:
+        for annotation, label in zip(fig.layout.annotations, facet_labels):
+            annotation.text = label
+    if show:
+        fig.show()
+    if name is not None:
+        save_figure(fig, name)
+    return fig
+
+
+def head_labels(n_layers: int, n_heads: int) -> list[str]:
+    """["L0H0", "L0H1", ...]: the one way heads are named in tables and figures."""
+    return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]

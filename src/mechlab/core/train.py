@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from mechlab.core.io import torch_save_atomic, write_json_atomic
+from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ def _save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
 
 
 def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch_file(path)
     saved_cfg = json.loads((path.parent / "train_config.json").read_text())
     fixed = lambda c: {k: v for k, v in c.items() if k not in SCHEDULE_FIELDS}  # noqa: E731
     if fixed(saved_cfg) != fixed(json.loads(json.dumps(cfg.to_json()))):

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from mechlab.core.io import torch_save_atomic, write_json_atomic
-from mechlab.core.model import MLPConfig, ModelConfig, build_mlp, build_model, count_parameters, save_checkpoint
+from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
+from mechlab.core.model import ModelConfig, build, count_parameters, save_checkpoint
+from mechlab.modular.mlp import MLPConfig
 from mechlab.modular.task import P, ModularTask, Split, make_split, vocab
 from mechlab.core.train import TrainConfig, TrainResult, load_history, train
 
@@ -43,9 +44,7 @@ class Study:
         return make_split(P, train_fraction=self.train_fraction, n_train=self.n_train, seed=self.split_seed)
 
     def build(self, device: str = "cpu") -> torch.nn.Module:
-        if isinstance(self.model_config, MLPConfig):
-            return build_mlp(self.model_config, device)
-        return build_model(self.model_config, device)
+        return build(self.model_config, device)
 
     def task(self) -> ModularTask:
         return ModularTask(self.split(), self.fmt, batch_size=self.batch_size, seed=self.train_config.seed)
@@ -130,7 +129,7 @@ def export_study(name: str, run_dir: Path | None = None, out_dir: Path | None = 
     """Copy a run into the committed layout (see module docstring); returns the model path."""
     study = STUDIES[name]
     run_dir, out_dir = Path(run_dir or Path("runs") / name), Path(out_dir or Path("checkpoints") / name)
-    last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    last = load_torch_file(run_dir / "last.pt")
     model = study.build("cpu")
     model.load_state_dict(last["state_dict"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +144,7 @@ def export_study(name: str, run_dir: Path | None = None, out_dir: Path | None = 
         keep = sorted({snaps[round(i * (len(snaps) - 1) / (n_series - 1))] for i in range(n_series)})
         series = {"steps": [], "state_dicts": []}
         for path in keep:
-            snap = torch.load(path, map_location="cpu", weights_only=False)
+            snap = load_torch_file(path)
             series["steps"].append(snap["step"])
             series["state_dicts"].append({k: v.half() for k, v in snap["state_dict"].items()})
         torch_save_atomic(out_dir / "series.pt", series)
@@ -174,7 +173,7 @@ def export_progress(name: str = "grokking_transformer", run_dir: Path | None = N
     chosen = sorted(set(snaps[::stride]) | {snaps[-1]})
     rows = []
     for path in chosen:
-        snap = torch.load(path, map_location="cpu", weights_only=False)
+        snap = load_torch_file(path)
         model = study.build("cpu")
         model.load_state_dict(snap["state_dict"])
         rows.append({"step": snap["step"], "weight_norm": weight_norm(model),
@@ -185,7 +184,7 @@ def export_progress(name: str = "grokking_transformer", run_dir: Path | None = N
 
 def load_series(path: Path, study_name: str) -> list[tuple[int, torch.nn.Module]]:
     """[(step, model)] from a committed float16 series.pt, as float32 models."""
-    series = torch.load(path, map_location="cpu", weights_only=False)
+    series = load_torch_file(path)
     out = []
     for step, sd in zip(series["steps"], series["state_dicts"]):
         model = STUDIES[study_name].build("cpu")

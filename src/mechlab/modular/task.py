@@ -2,7 +2,7 @@
 train/test split of the p*p pairs, and the `Task` the one training loop (`train.train`) runs.
 
 Three input formats share one grid of pairs (row index = a * p + b):
-    "pair"         [a, b]             for the MLP (`model.ModularMLP`)
+    "pair"         [a, b]             for the MLP (`mechlab.modular.mlp.ModularMLP`)
     "one_layer"    [a, b, =]          Nanda et al. (2023): '=' is token p, d_vocab = p + 1
     "three_layer"  [a, +, b, =]       '+' is token p, '=' is token p + 1, d_vocab = p + 2
 Transformers read their answer at the last position; only the first p logits (the residues)

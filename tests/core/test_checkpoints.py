@@ -1,0 +1,59 @@
+"""Checkpoints: one loader for every model kind, and loading never runs code from the file."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from mechlab.core.io import UnsafeCheckpointError, load_torch_file
+from mechlab.core.model import CheckpointMismatchError, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from mechlab.modular.mlp import MLPConfig, ModularMLP, build_mlp
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a hostile checkpoint would carry."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_checkpoint_with_a_pickled_payload_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = build_model(ModelConfig(n_layers=1, n_heads=1, d_model=8, d_head=8, d_mlp=16, d_vocab=5, n_ctx=4))
+    path = tmp_path / "model.pt"
+    torch.save({"config": model.mechlab_config.to_json(), "state_dict": model.state_dict(), "payload": RunsCode()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="model.pt is not a plain weights file"):
+        load_checkpoint(path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_torch_file(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_one_loader_rebuilds_a_transformer_and_the_grokking_mlp(tmp_path):
+    transformer = build_model(ModelConfig(n_layers=1, n_heads=2, d_model=8, d_head=4, d_mlp=16, d_vocab=7, n_ctx=5))
+    mlp = build_mlp(MLPConfig(p=7, d_embed=4, d_hidden=8), device="cpu")
+    for name, model in (("transformer", transformer), ("mlp", mlp)):
+        save_checkpoint(model, model.mechlab_config, tmp_path / name / "model.pt")
+        loaded = load_checkpoint(tmp_path / name / "model.pt", expected=model.mechlab_config, device="cpu")
+        assert type(loaded) is type(model)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value.cpu())
+    assert isinstance(load_checkpoint(tmp_path / "mlp" / "model.pt"), ModularMLP)
+
+
+def test_loading_names_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file at .*missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"step": 3}, tmp_path / "not_a_model.pt")
+    with pytest.raises(CheckpointMismatchError, match="not_a_model.pt is not a model checkpoint"):
+        load_checkpoint(tmp_path / "not_a_model.pt")
+    torch.save({"config": {"kind": "unheard_of"}, "state_dict": {}}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointMismatchError, match="unknown model kind 'unheard_of'"):
+        load_checkpoint(tmp_path / "odd.pt")
+
+
+def test_every_committed_checkpoint_file_loads_without_pickle(repo_root):
+    files = sorted((repo_root / "checkpoints").rglob("*.pt"))
+    assert len(files) >= 6
+    for path in files:
+        assert isinstance(load_torch_file(path), dict), path
