@@ -69,7 +69,6 @@ def test_unknown_character_error_names_the_character_and_its_position():
     "234 + 567 mod 113",      # missing '='
     "234 + 567 mod 113 = ",   # trailing space
     "234 + 567 =",            # missing modulus
-    "234 + 567 mod 0 =",      # modulus must be >= 1
     "",
 ])
 def test_malformed_prompts_are_refused(prompt):
@@ -100,3 +99,50 @@ def test_format_prompt_refuses_negative_operands_and_zero_modulus():
 def test_decode_refuses_ids_outside_the_vocabulary():
     with pytest.raises(TokenizerError, match=f"token id {len(VOCAB)} is outside"):
         tok.decode([0, len(VOCAB)])
+
+
+def test_modulus_zero_is_named_as_the_problem():
+    with pytest.raises(TokenizerError, match=r"the modulus must be >= 1, got 0 in '234 \+ 567 mod 0 ='"):
+        tok.encode_prompt("234 + 567 mod 0 =")
+    with pytest.raises(TokenizerError, match="modulus >= 1"):
+        Problem(1, 2, 0)
+
+
+def test_huge_numbers_are_a_tokenizer_error_with_a_short_message():
+    for prompt in ("1" * 1_000_000 + " + 4 mod 113 =", "1" * 4_000 + " + 4 mod 113 ="):
+        with pytest.raises(TokenizerError, match="at most 21 fit") as caught:
+            tok.encode_prompt(prompt)
+        assert len(str(caught.value)) < 200
+    with pytest.raises(TokenizerError, match=r"a in prompt .* has 10,000 digits; at most 100") as caught:
+        parse_prompt("1" * 10_000 + " + 4 mod 113 =")
+    assert len(str(caught.value)) < 200
+    with pytest.raises(TokenizerError, match=r"unknown character 'x' at position 1000000 in '1111.*\(1,000,015 characters\)"):
+        parse_prompt("1" * 1_000_000 + "x + 4 mod 113 =")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: parse_prompt(None), lambda: tok.encode_prompt(None), lambda: tok.encode_chars(None),
+    lambda: tok.encode_answer(None)])
+def test_none_is_refused_as_not_a_string(call):
+    with pytest.raises(TokenizerError, match="must be a str, got NoneType"):
+        call()
+
+
+@pytest.mark.parametrize("a, b, m, bad", [(1.5, 4, 113, "a"), (True, 4, 113, "a"), (1, "4", 113, "b"), (1, 4, None, "m")])
+def test_operands_must_be_integers(a, b, m, bad):
+    with pytest.raises(TokenizerError, match=f"operand {bad} must be an integer"):
+        format_prompt(a, b, m)
+    with pytest.raises(TokenizerError, match=f"operand {bad} must be an integer"):
+        Problem(a, b, m)
+
+
+def test_encode_batch_needs_one_answer_per_prompt_and_keeps_its_shape_when_empty():
+    with pytest.raises(TokenizerError, match="1 prompts but 2 answers"):
+        tok.encode_batch(["1 + 2 mod 113 ="], ["3", "4"])
+    assert tok.encode_batch([], []).shape == (0, SEQ_LEN)
+    assert tok.encode_prompts([]).shape == (0, 1 + PROMPT_WIDTH)
+
+
+def test_decode_refuses_ids_that_are_not_integers():
+    with pytest.raises(TokenizerError, match=r"token ids must be integers, got 1.7 \(float\)"):
+        tok.decode([1, 1.7])

@@ -29,11 +29,33 @@ N_ANSWER_TOKENS = MAX_ANSWER_DIGITS + 1  # answer digits + <eos>
 MODEL_INPUT_LEN = SEQ_LEN - 1  # what the model reads: every token but the last (which it only predicts)
 DIGIT_IDS = torch.tensor([VOCAB.index(str(d)) for d in range(10)])  # token ids of '0'..'9'
 
-PROMPT_RE = re.compile(r"^(0|[1-9][0-9]*) \+ (0|[1-9][0-9]*) mod ([1-9][0-9]*) =$")
+PROMPT_RE = re.compile(r"^(0|[1-9][0-9]*) \+ (0|[1-9][0-9]*) mod (0|[1-9][0-9]*) =$")
+MAX_NUMBER_DIGITS = 100  # longer numbers are refused before int() (which stops at 4,300 digits)
+QUOTE_CHARS = 40  # error messages quote at most this much of the input
 
 
 class TokenizerError(ValueError):
     """Raised for input the tokenizer cannot represent; the message names the problem."""
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`repr(text)`, cut to its first `limit` characters (with the full length) when longer."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _require_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TokenizerError(f"{what} must be a str, got {type(value).__name__}")
+    return value
+
+
+def check_operands(a: object, b: object, m: object) -> None:
+    """Raise TokenizerError unless a, b are integers >= 0 and m an integer >= 1 (bools refused)."""
+    for name, value in (("a", a), ("b", b), ("m", m)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TokenizerError(f"operand {name} must be an integer, got {value!r} ({type(value).__name__})")
+    if a < 0 or b < 0 or m < 1:
+        raise TokenizerError(f"operands must be >= 0 and modulus >= 1, got a={a}, b={b}, m={m}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,9 @@ class Problem:
     a: int
     b: int
     m: int
+
+    def __post_init__(self) -> None:
+        check_operands(self.a, self.b, self.m)
 
     @property
     def prompt(self) -> str:
@@ -53,22 +78,28 @@ class Problem:
 
 def format_prompt(a: int, b: int, m: int) -> str:
     """`format_prompt(234, 567, 113) == "234 + 567 mod 113 ="` (no leading zeros, single spaces)."""
-    if a < 0 or b < 0 or m < 1:
-        raise TokenizerError(f"operands must be >= 0 and modulus >= 1, got a={a}, b={b}, m={m}")
+    check_operands(a, b, m)
     return f"{a} + {b} mod {m} ="
 
 
 def parse_prompt(prompt: str) -> Problem:
     """Inverse of `format_prompt`; raises TokenizerError naming what is malformed."""
+    _require_str(prompt, "a prompt")
     for i, ch in enumerate(prompt):
         if ch not in CHARS:
-            raise TokenizerError(f"unknown character {ch!r} at position {i} in {prompt!r}")
+            raise TokenizerError(f"unknown character {ch!r} at position {i} in {quote(prompt)}")
     match = PROMPT_RE.match(prompt)
     if match is None:
         raise TokenizerError(
-            f"malformed prompt {prompt!r}: expected 'A + B mod M =' with single spaces and no leading zeros"
+            f"malformed prompt {quote(prompt)}: expected 'A + B mod M =' with single spaces and no leading zeros"
         )
+    for name, digits in zip("abm", match.groups()):
+        if len(digits) > MAX_NUMBER_DIGITS:
+            raise TokenizerError(f"{name} in prompt {quote(prompt)} has {len(digits):,} digits; "
+                                 f"at most {MAX_NUMBER_DIGITS} are accepted")
     a, b, m = (int(g) for g in match.groups())
+    if m < 1:
+        raise TokenizerError(f"the modulus must be >= 1, got {m} in {quote(prompt)}")
     return Problem(a, b, m)
 
 
@@ -85,26 +116,27 @@ class ArithmeticTokenizer:
 
     def encode_chars(self, text: str) -> list[int]:
         """Ids of each character of `text`; raises TokenizerError on an unknown character."""
+        _require_str(text, "text")
         ids = []
         for i, ch in enumerate(text):
             if ch not in self.stoi or ch in (PAD, BOS, EOS):
-                raise TokenizerError(f"unknown character {ch!r} at position {i} in {text!r}")
+                raise TokenizerError(f"unknown character {ch!r} at position {i} in {quote(text)}")
             ids.append(self.stoi[ch])
         return ids
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """`<bos>` + left-padded prompt: a list of 1 + PROMPT_WIDTH ids ending at "="."""
+        if len(_require_str(prompt, "a prompt")) > PROMPT_WIDTH:
+            raise TokenizerError(f"prompt {quote(prompt)} has {len(prompt):,} characters; at most {PROMPT_WIDTH} fit")
         parse_prompt(prompt)
-        if len(prompt) > PROMPT_WIDTH:
-            raise TokenizerError(f"prompt {prompt!r} has {len(prompt)} characters; at most {PROMPT_WIDTH} fit")
         return [self.bos_id] + [self.pad_id] * (PROMPT_WIDTH - len(prompt)) + self.encode_chars(prompt)
 
     def encode_answer(self, answer: str) -> list[int]:
         """Answer digits + `<eos>`, right-padded to MAX_ANSWER_DIGITS + 1 ids."""
+        if len(_require_str(answer, "an answer")) > MAX_ANSWER_DIGITS:
+            raise TokenizerError(f"answer {quote(answer)} is longer than {MAX_ANSWER_DIGITS} digits")
         if not answer.isdigit() or (len(answer) > 1 and answer[0] == "0"):
-            raise TokenizerError(f"answer {answer!r} must be digits without leading zeros")
-        if len(answer) > MAX_ANSWER_DIGITS:
-            raise TokenizerError(f"answer {answer!r} is longer than {MAX_ANSWER_DIGITS} digits")
+            raise TokenizerError(f"answer {quote(answer)} must be digits without leading zeros")
         ids = self.encode_chars(answer) + [self.eos_id]
         return ids + [self.pad_id] * (MAX_ANSWER_DIGITS + 1 - len(ids))
 
@@ -118,6 +150,8 @@ class ArithmeticTokenizer:
             ids = ids.tolist()
         out = []
         for i in ids:
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise TokenizerError(f"token ids must be integers, got {i!r} ({type(i).__name__})")
             if not 0 <= i < len(self.vocab):
                 raise TokenizerError(f"token id {i} is outside the vocabulary (size {len(self.vocab)})")
             tok = self.vocab[i]
@@ -134,9 +168,13 @@ class ArithmeticTokenizer:
         return self.decode(ids, keep_special=True)
 
     def encode_batch(self, prompts: list[str], answers: list[str]) -> torch.Tensor:
-        """[batch, SEQ_LEN] int64 tensor of full sequences."""
-        return torch.tensor([self.encode_example(p, a) for p, a in zip(prompts, answers)], dtype=torch.long)
+        """[batch, SEQ_LEN] int64 tensor of full sequences; one answer per prompt."""
+        if len(prompts) != len(answers):
+            raise TokenizerError(f"encode_batch got {len(prompts)} prompts but {len(answers)} answers")
+        rows = [self.encode_example(p, a) for p, a in zip(prompts, answers)]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), SEQ_LEN)
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """[batch, 1 + PROMPT_WIDTH] int64 tensor of prompts, "=" last."""
-        return torch.tensor([self.encode_prompt(p) for p in prompts], dtype=torch.long)
+        rows = [self.encode_prompt(p) for p in prompts]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), 1 + PROMPT_WIDTH)
