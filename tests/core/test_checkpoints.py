@@ -1,11 +1,13 @@
 """Checkpoints: one loader for every model kind, and loading never runs code from the file."""
+import json
 import os
-import pickle
 
 import pytest
 import torch
 
-from mechlab.core.io import UnsafeCheckpointError, load_torch_file
+from mechlab.core import io as io_module
+from mechlab.core.io import (ChecksumMismatchError, CheckpointFileError, UnsafeCheckpointError, load_torch_file,
+                             torch_save_atomic)
 from mechlab.core.model import CheckpointMismatchError, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from mechlab.modular.mlp import MLPConfig, ModularMLP, build_mlp
 
@@ -52,8 +54,52 @@ def test_loading_names_what_is_wrong(tmp_path):
         load_checkpoint(tmp_path / "odd.pt")
 
 
-def test_every_committed_checkpoint_file_loads_without_pickle(repo_root):
+def test_every_committed_checkpoint_file_has_a_checksum_and_loads_without_pickle(repo_root):
     files = sorted((repo_root / "checkpoints").rglob("*.pt"))
     assert len(files) >= 6
     for path in files:
+        assert path.name in json.loads((path.parent / "checksums.json").read_text()), path
         assert isinstance(load_torch_file(path), dict), path
+
+
+def test_a_damaged_checkpoint_is_refused_with_how_to_restore_it(tmp_path):
+    model = build_model(ModelConfig(n_layers=1, n_heads=1, d_model=8, d_head=8, d_mlp=16, d_vocab=5, n_ctx=4))
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, model.mechlab_config, path)
+    assert load_checkpoint(path) is not None  # the recorded sha256 matches
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])  # flip 4 KB inside the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match=r"model.pt does not match the sha256 recorded in .*checksums.json.*git checkout"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"random garbage \x04 bytes", b"PK\x03\x04 truncated zip"])
+def test_unreadable_files_are_named_in_one_line(tmp_path, content):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointFileError, match=r"broken.pt is not a readable torch file") as caught:
+        load_torch_file(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_interrupted_save_leaves_a_file_that_matches_its_record(tmp_path, monkeypatch):
+    """A crash after the new file replaced the old one but before the record's final update."""
+    path = tmp_path / "last.pt"
+    torch_save_atomic(path, {"step": 1})
+    calls = []
+    original = io_module._record_checksum
+
+    def crash_on_final_update(p, digest):
+        calls.append(digest)
+        if isinstance(digest, str):  # the final update: simulate the kill here
+            raise KeyboardInterrupt
+        original(p, digest)
+
+    monkeypatch.setattr(io_module, "_record_checksum", crash_on_final_update)
+    with pytest.raises(KeyboardInterrupt):
+        torch_save_atomic(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_torch_file(path) == {"step": 2}
+    assert json.loads((tmp_path / "checksums.json").read_text())["last.pt"][0] == calls[0][0]

@@ -1,5 +1,11 @@
 """Atomic file writes, safe torch loading and hashing: a crash never leaves a half-written file behind,
-and reading a checkpoint never runs code from it."""
+reading a checkpoint never runs code from it, and a damaged checkpoint is refused, not used.
+
+Every torch file written with `torch_save_atomic` has its sha256 recorded in `checksums.json` in the
+same folder (as data/manifest.json does for the data), and `load_torch_file` checks it. The record
+is updated in two steps around the rename (first the old and the new hash are both accepted, then
+only the new one), so a crash at any moment leaves a file that matches its record.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +46,57 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+CHECKSUMS = "checksums.json"
+
+
+class ChecksumMismatchError(ValueError):
+    """A file's bytes differ from the sha256 recorded for it in its folder's checksums.json."""
+
+
+def _read_checksums(folder: Path) -> dict[str, str | list[str]]:
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ChecksumMismatchError(f"{path} is not valid JSON ({error}); restore it from git or delete it "
+                                    "to stop checking the files beside it") from None
+
+
+def _record_checksum(path: Path, digest: str | list[str]) -> None:
+    record = _read_checksums(path.parent)
+    record[path.name] = digest
+    write_json_atomic(path.parent / CHECKSUMS, record)
+
+
 def torch_save_atomic(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """`torch.save` via a temp file renamed over `path`, recording the file's sha256 in checksums.json."""
+    path = Path(path)
+
+    def save_and_record(tmp: Path) -> None:
+        torch.save(obj, tmp)
+        new = sha256_file(tmp)
+        old = _read_checksums(path.parent).get(path.name)
+        accepted = [new] + ([old] if isinstance(old, str) and old != new else [])
+        _record_checksum(path, accepted)  # either file may be in place until the rename is done
+
+    _atomic_write(path, save_and_record)
+    _record_checksum(path, sha256_file(path))
+
+
+def verify_checksum(path: Path) -> None:
+    """Raise ChecksumMismatchError if `path` has a recorded sha256 (checksums.json beside it) that its
+    bytes do not match. Files with no record are not checked."""
+    path = Path(path)
+    recorded = _read_checksums(path.parent).get(path.name)
+    if recorded is None:
+        return
+    accepted = [recorded] if isinstance(recorded, str) else recorded
+    if sha256_file(path) not in accepted:
+        raise ChecksumMismatchError(
+            f"{path} does not match the sha256 recorded in {path.parent / CHECKSUMS}: the file is damaged or was "
+            f"changed. Restore it (a committed checkpoint: `git checkout -- {path}`; otherwise re-export or retrain it)")
 
 
 def sha256_file(path: Path) -> str:
@@ -52,18 +107,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class UnsafeCheckpointError(ValueError):
+class CheckpointFileError(ValueError):
+    """A torch file that cannot be read (truncated, damaged, or not a torch file at all)."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
     """A torch file holds something other than tensors and plain containers (e.g. a pickled callable)."""
 
 
 def load_torch_file(path: Path) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU: tensors, numbers, strings and containers
-    only. A file that would need to run code to unpickle is refused with UnsafeCheckpointError."""
+    only. A file that would need to run code to unpickle is refused with UnsafeCheckpointError, one
+    that does not match its recorded sha256 with ChecksumMismatchError, and one torch cannot read
+    (truncated, not a torch file) with CheckpointFileError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
+    verify_checksum(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UnsafeCheckpointError(f"{path} is not a plain weights file and was not loaded (loading it would "
                                     f"run code from it): {str(error).splitlines()[0]}") from None
+    except Exception as error:  # torch's reader on a truncated or foreign file fails in many ways
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointFileError(f"{path} is not a readable torch file (truncated or damaged?): {detail}") from None
