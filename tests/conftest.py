@@ -39,6 +39,39 @@ def tiny_model():
     return build_model(TINY, device="cpu").double()
 
 
+class ArithmeticOracle(torch.nn.Module):
+    """A stand-in for a trained arithmetic model: it reads each prompt from its tokens and puts all
+    its logit mass on the true next answer token, except that on rows where `wrong(a, b, m)` holds it
+    answers one digit too high in the last answer digit. Its exact match is known exactly, so tests
+    of scoring, greedy decoding and ablation can fail (a random model scores 0 everywhere)."""
+
+    def __init__(self, wrong=lambda a, b, m: False):
+        super().__init__()
+        self.wrong = wrong
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # gives the module a device and dtype
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos, d_vocab]
+        from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, ArithmeticTokenizer, parse_prompt
+
+        tok = ArithmeticTokenizer()
+        logits = torch.full((*tokens.shape, len(VOCAB)), -10.0)
+        for row, ids in enumerate(tokens.tolist()):
+            problem = parse_prompt(tok.decode(ids[:ANSWER_START]))
+            answer = list(problem.answer)
+            if self.wrong(problem.a, problem.b, problem.m):
+                answer[-1] = str((int(answer[-1]) + 1) % 10)
+            targets = tok.encode_answer("".join(answer))  # digits, <eos>, <pad>...
+            for pos in range(EQUALS_POS, tokens.shape[1]):
+                logits[row, pos, targets[min(pos - EQUALS_POS, len(targets) - 1)]] = 10.0
+        return logits + self.dummy
+
+
+@pytest.fixture
+def arithmetic_oracle():
+    """`arithmetic_oracle(wrong=...)`: an ArithmeticOracle (see there)."""
+    return ArithmeticOracle
+
+
 @pytest.fixture(scope="session")
 def committed_manifest() -> dict:
     return json.loads((REPO_ROOT / "data" / "manifest.json").read_text())
