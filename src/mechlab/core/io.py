@@ -85,6 +85,20 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
     _record_checksum(path, sha256_file(path))
 
 
+def move_file(source: Path, target: Path) -> None:
+    """Rename `source` over `target`, carrying its recorded sha256 along (same two-step update)."""
+    source, target = Path(source), Path(target)
+    moving = _read_checksums(source.parent).get(source.name)
+    if moving is None:
+        os.replace(source, target)
+        return
+    moving = moving if isinstance(moving, str) else moving[0]
+    old = _read_checksums(target.parent).get(target.name)
+    _record_checksum(target, [moving] + ([old] if isinstance(old, str) and old != moving else []))
+    os.replace(source, target)
+    _record_checksum(target, moving)
+
+
 def verify_checksum(path: Path) -> None:
     """Raise ChecksumMismatchError if `path` has a recorded sha256 (checksums.json beside it) that its
     bytes do not match. Files with no record are not checked."""

@@ -6,12 +6,18 @@ the step, so a resumed run sees exactly the batches the uninterrupted run would 
 loss of a batch, and an evaluation that returns named metrics.
 
 Run folder layout (`run_dir`):
-    train_config.json   the TrainConfig
-    last.pt             model + optimizer + step + history: what `resume` restarts from
-    step_000500.pt ...  weights-only snapshots every `checkpoint_every` steps (for emergence studies)
+    train_config.json   the TrainConfig (rewritten only when a call trains)
+    last.pt             model + optimizer + RNG + step + history + config: what a resume restarts from
+    previous.pt         the checkpoint before it, the fallback if last.pt is damaged
+    step_000500.pt ...  weights-only snapshots every `snapshot_every` steps (for emergence studies)
     metrics.json        one row per evaluation: step, lr, train_loss, task metrics, grad norms
-All files are written atomically, so an interrupted run resumes from its last checkpoint and
-loses at most the steps since then.
+    checksums.json      sha256 of every .pt file (see `mechlab.core.io`)
+All files are written atomically and checked on load, so an interrupted run resumes from its last
+checkpoint (a pause, `stop_after_steps`, saves the step it stops at) and reproduces the
+uninterrupted run exactly. `last.pt` holds the history, so `metrics.json` is rebuilt from it on
+resume and `load_history` reads it from there: the record always belongs to the saved weights.
+A run that has finished (its step budget spent or a stop rule fired) records why; training it again
+is a no-op that says so.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
+from mechlab.core.io import (ChecksumMismatchError, CheckpointFileError, load_torch_file, move_file, torch_save_atomic,
+                             write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,28 @@ class TrainConfig:
     stop_patience: int = 1  # ... at this many consecutive evaluations
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Refuse a recipe that cannot run, before anything is written."""
+        problems = [message for bad, message in [
+            (self.max_steps < 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.lr <= 0, f"lr must be > 0, got {self.lr}"),
+            (self.warmup_steps < 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.schedule not in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (not 0 <= self.min_lr_frac <= 1, f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}"),
+            (self.decay_steps is not None and self.decay_steps < max(1, self.warmup_steps),
+             f"decay_steps must be >= 1 and >= warmup_steps ({self.warmup_steps}), got {self.decay_steps}"),
+            (self.grad_clip is not None and self.grad_clip <= 0, f"grad_clip must be > 0 or None, got {self.grad_clip}"),
+            (self.eval_every < 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.checkpoint_every < 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.snapshot_every is not None and self.snapshot_every < 1,
+             f"snapshot_every must be >= 1 or None, got {self.snapshot_every}"),
+            (self.early_stopping_patience is not None and self.early_stopping_patience < 1,
+             f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}"),
+            (self.stop_patience < 1, f"stop_patience must be >= 1, got {self.stop_patience}"),
+        ] if bad]
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -65,6 +94,7 @@ class Task(Protocol):
         """Named metrics, e.g. {"val_loss": ..., "val_acc": ...}; called in eval mode, no grad."""
 
 
+SCHEDULES = ("cosine", "constant")
 # A resumed run may change these (extend the run, re-aim the decay); any other change is refused.
 SCHEDULE_FIELDS = ("max_steps", "decay_steps")
 
@@ -76,8 +106,6 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
-    if cfg.schedule != "cosine":
-        raise ValueError(f"unknown schedule {cfg.schedule!r}: use 'cosine' or 'constant'")
     decay_steps = cfg.decay_steps or cfg.max_steps
     progress = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
@@ -145,12 +173,21 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
            stop_after_steps: int | None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
-    state = {"step": 0, "history": [], "best": math.inf, "evals_since_best": 0, "hits": 0, "seconds": 0.0}
+    state = {"step": 0, "history": [], "best": math.inf, "evals_since_best": 0, "hits": 0, "seconds": 0.0,
+             "loss_sum": 0.0, "loss_count": 0, "finished": None}
     if run_dir is not None:
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder")
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (run_dir / "last.pt").exists():
-            state = _load_state(run_dir / "last.pt", model, optimizer, cfg)
+        for leftover in run_dir.glob(".*.tmp"):  # from a write interrupted by a crash
+            leftover.unlink()
+        if resume and ((run_dir / "last.pt").exists() or (run_dir / "previous.pt").exists()):
+            state = _load_state(run_dir, model, optimizer, cfg)
+            write_json_atomic(run_dir / "metrics.json", state["history"])  # the record of these weights
+        if _is_finished(state, cfg):
+            print(f"{run_dir} holds a finished run (step {state['step']}: {state['finished']}); nothing to train")
+            return TrainResult(state["history"], state["step"], state["seconds"], f"already finished: {state['finished']}")
         write_json_atomic(run_dir / "train_config.json", cfg.to_json())
 
     device = next(model.parameters()).device
@@ -158,7 +195,6 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
     snapshot_every = cfg.snapshot_every or cfg.checkpoint_every
     step, history = state["step"], state["history"]
     stopped_because = "max_steps"
-    loss_sum, loss_count = 0.0, 0
     start = time.perf_counter() - state["seconds"]
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     while step < cfg.max_steps:
@@ -177,23 +213,35 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        state["loss_sum"], state["loss_count"] = state["loss_sum"] + loss.item(), state["loss_count"] + 1
 
         if is_eval_step:
-            row = {"step": step, "lr": learning_rate(cfg, step - 1), "train_loss": loss_sum / loss_count,
+            row = {"step": step, "lr": learning_rate(cfg, step - 1), "train_loss": state["loss_sum"] / state["loss_count"],
                    "seconds": time.perf_counter() - start, **_evaluate(model, task), **grad_norms}
             history.append(row)
-            loss_sum, loss_count = 0.0, 0
+            state["loss_sum"], state["loss_count"] = 0.0, 0
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("train_loss", "val_loss", cfg.stop_metric)})
             stopped_because = _stop_rule(cfg, row, state)
-        if run_dir is not None and (step % cfg.checkpoint_every == 0 or stopped_because != "max_steps" or step == cfg.max_steps):
-            state.update(step=step, history=history, seconds=time.perf_counter() - start)
-            _save_state(run_dir, model, optimizer, state, snapshot=step % snapshot_every == 0)
+        finished = stopped_because != "max_steps" or step == cfg.max_steps
+        if run_dir is not None and (step % cfg.checkpoint_every == 0 or finished):
+            state.update(step=step, history=history, seconds=time.perf_counter() - start,
+                         finished=stopped_because if finished else None)
+            _save_state(run_dir, model, optimizer, state, cfg, snapshot=step % snapshot_every == 0)
         bar.update(1)
         if stopped_because != "max_steps":
             break
     bar.close()
+    if run_dir is not None and stopped_because == "interrupted" and state["step"] != step:
+        state.update(step=step, history=history, seconds=time.perf_counter() - start)  # a pause keeps every step
+        _save_state(run_dir, model, optimizer, state, cfg, snapshot=False)
     return TrainResult(history=history, steps=step, seconds=time.perf_counter() - start, stopped_because=stopped_because)
+
+
+def _is_finished(state: dict, cfg: TrainConfig) -> bool:
+    """A recorded finish stands, unless the run ended on its step budget and `cfg` extends it."""
+    if state["finished"] is None:
+        return False
+    return not (state["finished"] == "max_steps" and cfg.max_steps > state["step"])
 
 
 def _stop_rule(cfg: TrainConfig, row: dict[str, float], state: dict) -> str:
@@ -223,29 +271,69 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, snapshot: bool) -> None:
+STATE_KEYS = ("step", "history", "best", "evals_since_best", "hits", "seconds", "loss_sum", "loss_count", "finished")
+
+
+def _save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+                cfg: TrainConfig, snapshot: bool) -> None:
+    """last.pt (the previous one kept as previous.pt), a weights-only snapshot if asked, then metrics.json."""
     step = state["step"]
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if snapshot:
         torch_save_atomic(run_dir / f"step_{step:06d}.pt", {"step": step, "state_dict": weights})
-    torch_save_atomic(run_dir / "last.pt", {**state, "state_dict": weights, "optimizer": optimizer.state_dict(),
-                                             "rng": torch.get_rng_state()})
+    if (run_dir / "last.pt").exists():
+        move_file(run_dir / "last.pt", run_dir / "previous.pt")
+    torch_save_atomic(run_dir / "last.pt", {**{k: state[k] for k in STATE_KEYS}, "state_dict": weights,
+                                             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                             "train_config": cfg.to_json()})
     write_json_atomic(run_dir / "metrics.json", state["history"])
 
 
-def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
-    ckpt = load_torch_file(path)
-    saved_cfg = json.loads((path.parent / "train_config.json").read_text())
-    fixed = lambda c: {k: v for k, v in c.items() if k not in SCHEDULE_FIELDS}  # noqa: E731
-    if fixed(saved_cfg) != fixed(json.loads(json.dumps(cfg.to_json()))):
-        raise ValueError(f"{path.parent} holds a run with another TrainConfig (only {', '.join(SCHEDULE_FIELDS)} "
-                         "may change on resume); use a new run_dir or resume=False")
+def _read_run_state(run_dir: Path) -> tuple[Path, dict]:
+    """(path, contents) of the newest intact full checkpoint: last.pt, else previous.pt (with a note)."""
+    problems = []
+    for name in ("last.pt", "previous.pt"):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_torch_file(path)
+        except (CheckpointFileError, ChecksumMismatchError) as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            print(f"warning: {problems[0]}\n  resuming from {path} (step {ckpt['step']}) instead: the steps after it "
+                  "are trained again")
+        return path, ckpt
+    raise CheckpointFileError(f"no intact checkpoint to resume {run_dir} from: " + " | ".join(problems)
+                              + f". Start over with a new run directory (or delete {run_dir})")
+
+
+def _load_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> dict:
+    path, ckpt = _read_run_state(run_dir)
+    if "train_config" in ckpt:
+        saved_cfg = ckpt["train_config"]
+    elif (run_dir / "train_config.json").exists():  # runs saved before last.pt held its config
+        saved_cfg = json.loads((run_dir / "train_config.json").read_text())
+    else:
+        raise FileNotFoundError(f"{path} records no TrainConfig and {run_dir / 'train_config.json'} is missing")
+    new_cfg = json.loads(json.dumps(cfg.to_json()))
+    changed = [f"{k}: run has {saved_cfg.get(k)!r}, asked for {new_cfg.get(k)!r}" for k in sorted(new_cfg)
+               if k not in SCHEDULE_FIELDS and json.loads(json.dumps(saved_cfg.get(k))) != new_cfg[k]]
+    if changed:
+        raise ValueError(f"{run_dir} holds a run with another TrainConfig ({'; '.join(changed)}); only "
+                         f"{', '.join(SCHEDULE_FIELDS)} may change on resume: use a new run directory")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("step", "history", "best", "evals_since_best", "hits", "seconds")}
+    defaults = {"loss_sum": 0.0, "loss_count": 0, "finished": None}  # runs saved before these were recorded
+    return {k: ckpt.get(k, defaults.get(k)) for k in STATE_KEYS}
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:
-    """The metrics rows of a run (see `train`)."""
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
+    """The metrics rows of a run (see `train`): from last.pt, which holds the history that belongs to
+    its weights, or from metrics.json when there is no last.pt (an exported checkpoint folder)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pt").exists():
+        return _read_run_state(run_dir)[1]["history"]
+    return json.loads((run_dir / "metrics.json").read_text())

@@ -1,0 +1,124 @@
+"""Nothing lost, nothing repeated: pauses, crashes, damaged checkpoints and finished runs."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from mechlab.arithmetic.tokenizer import VOCAB
+from mechlab.core.io import CheckpointFileError
+from mechlab.core.model import ModelConfig, build_model
+from mechlab.core.train import TrainConfig, load_history, train
+
+SMALL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=len(VOCAB), vocab=tuple(VOCAB))
+
+
+def recipe(**overrides) -> TrainConfig:
+    return TrainConfig(**{"max_steps": 12, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4, "checkpoint_every": 4,
+                          **overrides})
+
+
+def run(task, run_dir, cfg=None, **kwargs):
+    """Train a fresh model (as a new process would) into run_dir; returns (model, result)."""
+    model = build_model(SMALL, device="cpu")
+    return model, train(model, task, cfg or recipe(), run_dir, progress=False, **kwargs)
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def without_time(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_task, tmp_path_factory):
+    """The uninterrupted run: (model, history)."""
+    model, result = run(tiny_task, tmp_path_factory.mktemp("reference"))
+    return model, result.history
+
+
+def test_a_pause_between_checkpoints_saves_the_step_it_reports(tiny_task, reference, tmp_path):
+    _, paused = run(tiny_task, tmp_path, stop_after_steps=6)  # checkpoints fall at 4 and 8
+    assert paused.stopped_because == "interrupted" and paused.steps == 6
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 6
+    resumed, result = run(tiny_task, tmp_path)
+    assert result.steps == 12 and same_weights(resumed, reference[0])
+    assert without_time(result.history) == without_time(reference[1])  # train_loss averages over steps 5-8 too
+
+
+def test_a_finished_run_is_not_trained_again_and_its_record_is_not_rewritten(tiny_task, tmp_path):
+    cfg = recipe(stop_metric="val_loss", stop_value=-1.0)  # fires at the first evaluation (step 4)
+    _, first = run(tiny_task, tmp_path, cfg)
+    assert first.steps == 4
+    recorded = (tmp_path / "train_config.json").read_text()
+    for _ in range(2):
+        _, again = run(tiny_task, tmp_path, dataclasses.replace(cfg, decay_steps=8))
+        assert again.steps == 4 and again.stopped_because == "already finished: val_loss >= -1.0"
+    assert (tmp_path / "train_config.json").read_text() == recorded
+
+
+def test_a_run_that_spent_its_budget_may_be_extended(tiny_task, reference, tmp_path):
+    run(tiny_task, tmp_path, recipe(max_steps=8))
+    _, same = run(tiny_task, tmp_path, recipe(max_steps=8))
+    assert same.stopped_because == "already finished: max_steps"
+    _, longer = run(tiny_task, tmp_path, recipe(max_steps=12))
+    assert longer.steps == 12 and [row["step"] for row in longer.history] == [4, 8, 12]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"max_steps": -5}, "max_steps must be >= 1, got -5"),
+    ({"decay_steps": -100}, r"decay_steps must be >= 1 and >= warmup_steps \(2\), got -100"),
+    ({"schedule": "linear"}, "schedule must be one of"),
+    ({"eval_every": 0}, "eval_every must be >= 1"),
+])
+def test_invalid_recipes_are_refused_before_anything_is_written(overrides, message):
+    with pytest.raises(ValueError, match=f"invalid TrainConfig: {message}"):
+        recipe(**overrides)
+
+
+def test_a_crash_between_last_pt_and_metrics_json_leaves_a_consistent_record(tiny_task, reference, tmp_path):
+    run(tiny_task, tmp_path, stop_after_steps=8)
+    (tmp_path / "metrics.json").write_text(json.dumps(json.loads((tmp_path / "metrics.json").read_text())[:1]))
+    assert [row["step"] for row in load_history(tmp_path)] == [4, 8]  # read from last.pt, not the stale file
+    resumed, result = run(tiny_task, tmp_path)
+    assert same_weights(resumed, reference[0])
+    assert [row["step"] for row in json.loads((tmp_path / "metrics.json").read_text())] == [4, 8, 12]
+
+
+def test_leftover_temporary_files_are_removed_on_resume(tiny_task, tmp_path):
+    run(tiny_task, tmp_path, stop_after_steps=4)
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"\0" * 1000)
+    run(tiny_task, tmp_path, stop_after_steps=8)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_damaged_last_pt_falls_back_to_the_previous_checkpoint(tiny_task, reference, tmp_path, capsys):
+    run(tiny_task, tmp_path, stop_after_steps=8)
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])  # truncated
+    resumed, result = run(tiny_task, tmp_path)
+    printed = capsys.readouterr().out
+    assert "last.pt" in printed and "resuming from" in printed and "previous.pt (step 4)" in printed
+    assert result.steps == 12 and same_weights(resumed, reference[0])
+
+
+def test_with_no_intact_checkpoint_the_error_names_the_files(tiny_task, tmp_path):
+    run(tiny_task, tmp_path, stop_after_steps=8)
+    for name in ("last.pt", "previous.pt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointFileError, match=r"no intact checkpoint .*last.pt.*previous.pt"):
+        run(tiny_task, tmp_path)
+
+
+def test_a_resume_with_another_recipe_names_the_field(tiny_task, tmp_path):
+    run(tiny_task, tmp_path, stop_after_steps=4)
+    with pytest.raises(ValueError, match=r"another TrainConfig \(lr: run has 0.003, asked for 0.01\)"):
+        run(tiny_task, tmp_path, recipe(lr=1e-2))
+
+
+def test_a_run_directory_that_is_a_file_is_named(tiny_task, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match="run directory .*afile is a file"):
+        run(tiny_task, tmp_path / "afile")
