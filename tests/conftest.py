@@ -36,7 +36,7 @@ def tiny_model():
     """A randomly initialised 2-layer, 2-head model over the arithmetic vocabulary (seed 0), in float64
     so comparisons with TransformerLens' reference implementations are exact to ~1e-12."""
     torch.manual_seed(0)
-    return build_model(TINY, device="cpu").double()
+    return build_model(TINY, device="cpu").to(torch.float64)  # .to also sets cfg.dtype
 
 
 class ArithmeticOracle(torch.nn.Module):

@@ -87,6 +87,11 @@ def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> H
     return model
 
 
+def head_labels(n_layers: int, n_heads: int) -> list[str]:
+    """["L0H0", "L0H1", ...]: the one way heads are named in tables and figures."""
+    return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -38,6 +38,7 @@ import plotly.io as pio
 from plotly.io._base_renderers import HtmlRenderer
 
 from mechlab.core.io import write_bytes_atomic, write_text_atomic
+from mechlab.core.model import head_labels  # noqa: F401  (re-exported: notebooks label heads with it)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 FIGURES_DIR = REPO_ROOT / "figures"
@@ -219,27 +220,23 @@ def save_figure(fig: go.Figure, name: str, formats: Iterable[str] = ("png", "svg
 
 def heatmap(values: Any, x: Sequence | None = None, y: Sequence | None = None, title: str = "", *,
             diverging: bool = True, name: str | None = None, labels: dict[str, str] | None = None,
-            facet_labels: Sequence[str] | None = None, show: bool = True, **imshow_kwargs: Any) -> go.Figure:
+            facet_labels: Sequence[str] | None = None, show: bool = True, width: int = FIG_WIDTH,
+            height: int = FIG_HEIGHT, **imshow_kwargs: Any) -> go.Figure:
     """One call per heatmap, as in the TransformerLens and ARENA demos: `px.imshow` in the house
-    style (signed values on the diverging scale centred on 0, else the sequential one), shown, and
-    saved as figures/NAME.* when `name` is given. `values`: [rows, cols] or, with
-    `facet_col=0`, [facets, rows, cols] (array, tensor or DataFrame); `facet_labels` names the
-    facets. Returns the figure."""
+    style (signed values on the diverging scale centred on 0, else the sequential one; aspect "auto"
+    unless given), shown, and saved as figures/NAME.* (at `width` x `height`) when `name` is given.
+    `values`: [rows, cols] or, with `facet_col=0`, [facets, rows, cols] (array, tensor or
+    DataFrame); `facet_labels` names the facets. Returns the figure."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     scale = dict(color_continuous_scale=DIVERGING_SCALE, color_continuous_midpoint=0.0) if diverging \
         else dict(color_continuous_scale=SEQUENTIAL_SCALE)
-    fig = px.imshow(values, x=x, y=y, title=title, labels=labels or {}, aspect="auto", **(scale | imshow_kwargs))
+    fig = px.imshow(values, x=x, y=y, title=title, labels=labels or {}, **({"aspect": "auto"} | scale | imshow_kwargs))
     if facet_labels is not None:
         for annotation, label in zip(fig.layout.annotations, facet_labels):
             annotation.text = label
     if show:
         fig.show()
     if name is not None:
-        save_figure(fig, name)
+        save_figure(fig, name, width=width, height=height)
     return fig
-
-
-def head_labels(n_layers: int, n_heads: int) -> list[str]:
-    """["L0H0", "L0H1", ...]: the one way heads are named in tables and figures."""
-    return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
