@@ -5,9 +5,9 @@ import torch
 
 from mechlab.arithmetic.data import read_jsonl
 from mechlab.core.model import ModelConfig, build_model
-from mechlab.analysis.patching import (ANSWER_POSITIONS, PAIR_KINDS, SWEEPS, ExactMatchMetric, LogitDiffMetric, _plan_chunks,
-                              attribution_patch, batched_patch, correlation, make_metrics, make_pairs,
-                              patch_head_sets, run_cache, tl_patch)
+from mechlab.analysis.patching import (SWEEPS, _plan_chunks, attribution_patch, batched_patch, correlation,
+                                       patch_head_sets, run_cache, tl_patch)
+from mechlab.arithmetic.pairs import ANSWER_POSITIONS, PAIR_KINDS, ExactMatchMetric, LogitDiffMetric, make_metrics, make_pairs
 from mechlab.arithmetic.tokenizer import EQUALS_POS
 
 TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
