@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from mechlab.analysis.attention import attention_patterns
 from mechlab.arithmetic.task import TOKENIZER
 from mechlab.core.model import ModelConfig, build_model
-from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask, attention_patterns,
+from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask,
                            head_role_table, label_head, position_roles, position_slots, role_ids,
                            slot_aligned_attention, slot_ids)
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
