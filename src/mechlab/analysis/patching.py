@@ -33,11 +33,15 @@ corrupted forward pass and one backward pass, for the same sweeps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from mechlab.core.plotting import head_labels
 
 
 # --- normalized metrics --------------------------------------------------------------------------
@@ -104,6 +108,7 @@ class _Runner:
         self.k = [corrupted_cache[f"blocks.{l}.attn.hook_k"] for l in range(self.n_layers)]
         self.v = [corrupted_cache[f"blocks.{l}.attn.hook_v"] for l in range(self.n_layers)]
         self.final = corrupted_cache[f"blocks.{self.n_layers - 1}.hook_resid_post"]
+        self.dtype = self.final.dtype  # what the model computes in (cfg.dtype can lag behind `model.double()`)
 
     def attn(self, layer: int, resid: torch.Tensor, first_pos: int, prompt: torch.Tensor, q_rel: list[int] | None,
              z_patch=None) -> torch.Tensor:
@@ -227,7 +232,7 @@ def _sweep_layer_pos(runner: _Runner, clean_cache, metric: PatchingMetric, n_pro
     cfg, device, length = runner.cfg, runner.cfg.device, runner.length
     n_heads = cfg.n_heads if by_head else 1
     base = metric.score(runner.model.unembed(runner.model.ln_final(runner.final[:, metric.positions]))).item()
-    out = torch.full((cfg.n_layers, n_pos, n_heads), base, dtype=cfg.dtype)  # untouched patches keep the corrupted score
+    out = torch.full((cfg.n_layers, n_pos, n_heads), base, dtype=runner.dtype)  # untouched patches keep the corrupted score
     for layer in range(cfg.n_layers):
         patches = [(p, h) for p in range(min(n_pos, length)) for h in range(n_heads)]
         for i, j in _plan_chunks([p for p, _ in patches], n_prompts, length, token_budget, overhead_tokens):
@@ -252,7 +257,7 @@ def _sweep_layer_head(runner: _Runner, clean_cache, metric: PatchingMetric, n_pr
     """[n_layers, n_heads]: the metric after each patch (layer, head) at every position. `setter`
     gives the patched residual stream after the layer's attention, [R, length, d_model]."""
     cfg = runner.cfg
-    out = torch.empty((cfg.n_layers, cfg.n_heads), dtype=cfg.dtype)
+    out = torch.empty((cfg.n_layers, cfg.n_heads), dtype=runner.dtype)
     heads_per_chunk = max(1, token_budget // (n_prompts * runner.length))
     for layer in range(cfg.n_layers):
         for first in range(0, cfg.n_heads, heads_per_chunk):
@@ -346,7 +351,7 @@ def patch_head_sets(model, corrupted_tokens: torch.Tensor, clean_cache, metric: 
     n_prompts = corrupted_tokens.shape[0]
     runner = _Runner(model, corrupted_cache, metric.positions)
     length = runner.length
-    out = torch.empty(len(head_sets), dtype=cfg.dtype)
+    out = torch.empty(len(head_sets), dtype=runner.dtype)
     order = sorted(range(len(head_sets)), key=lambda i: min(l for l, _ in head_sets[i]))
     sets_per_chunk = max(1, token_budget // (n_prompts * length))
     for first in range(0, len(order), sets_per_chunk):
@@ -367,6 +372,51 @@ def patch_head_sets(model, corrupted_tokens: torch.Tensor, clean_cache, metric: 
         logits = runner.run(start_layer, 0, resid, prompt, z_patches)
         out[ids] = metric.score(logits.view(n, n_prompts, *logits.shape[1:])).cpu()
     return out
+
+
+@torch.no_grad()
+def patch_sweeps(model, corrupted_tokens: torch.Tensor, clean_cache, metrics: Mapping[str, PatchingMetric],
+                 sweeps: Sequence[str], corrupted_cache=None) -> dict[tuple[str, str], torch.Tensor]:
+    """{(metric name, sweep): `batched_patch(...)`} for every metric and sweep."""
+    if corrupted_cache is None:
+        _, corrupted_cache = run_cache(model, corrupted_tokens)
+    return {(name, sweep): batched_patch(model, corrupted_tokens, clean_cache, metric, sweep, corrupted_cache=corrupted_cache)
+            for name, metric in metrics.items() for sweep in sweeps}
+
+
+# --- pairs of heads -------------------------------------------------------------------------------
+
+ALONE_MAX = 0.05  # a head "does nothing alone" when patching it restores less than this
+TOGETHER_MIN = 0.10  # a pair "matters" when patching both restores at least this
+
+
+def head_pair_interactions(single: torch.Tensor, head_pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]],
+                           pair_values: Sequence[float], alone_max: float = ALONE_MAX,
+                           together_min: float = TOGETHER_MIN) -> pd.DataFrame:
+    """One row per pair of heads ((l, h), (l', h')), in the order of `head_pairs`: each head's
+    patching effect alone (from `single` [n_layers, n_heads], the `z_all_pos` sweep), the pair's
+    (`pair_values`, from `patch_head_sets`), interaction = pair - alone_a - alone_b, and
+    only_together: each head alone restores < `alone_max` but the pair restores >= `together_min`."""
+    names = head_labels(*single.shape)
+    n_heads = single.shape[1]
+    rows = []
+    for ((la, ha), (lb, hb)), pair in zip(head_pairs, pair_values, strict=True):
+        alone_a, alone_b = single[la, ha].item(), single[lb, hb].item()
+        rows.append({"a": names[la * n_heads + ha], "b": names[lb * n_heads + hb], "alone_a": alone_a, "alone_b": alone_b,
+                     "pair": pair, "interaction": pair - alone_a - alone_b,
+                     "only_together": max(alone_a, alone_b) < alone_max and pair >= together_min})
+    return pd.DataFrame(rows)
+
+
+def interaction_matrix(head_pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]], interaction: Sequence[float],
+                       n_layers: int, n_heads: int) -> np.ndarray:
+    """[n_layers * n_heads, n_layers * n_heads] symmetric matrix of the pairs' interactions
+    (head (l, h) is row l * n_heads + h; pairs not given and the diagonal are 0)."""
+    matrix = np.zeros((n_layers * n_heads, n_layers * n_heads))
+    for ((la, ha), (lb, hb)), value in zip(head_pairs, interaction, strict=True):
+        i, j = la * n_heads + ha, lb * n_heads + hb
+        matrix[i, j] = matrix[j, i] = value
+    return matrix
 
 
 # --- the TransformerLens reference --------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from mechlab.analysis.patching import PatchingMetric
-from mechlab.arithmetic.data import MODULUS, Example, bucket_of
+from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
 from mechlab.arithmetic.task import ArithmeticSplit, teacher_forced_exact
 from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS
 
@@ -63,7 +63,7 @@ def _corrupt(row: dict, kind: str, rng: random.Random) -> dict | None:
         cands = [(x, b) for x in _same_digit_range(a) if (x + b) // m == want]
     else:
         raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS}")
-    cands = [(x, y) for x, y in cands if x <= 999 and y <= 999]
+    cands = [(x, y) for x, y in cands if x <= MAX_OPERAND and y <= MAX_OPERAND]
     ok = []
     for x, y in cands:
         ans = str((x + y) % m)
@@ -188,3 +188,20 @@ def make_metrics(model, pairs: PatchingPairs) -> dict[str, PatchingMetric]:
         except ValueError:
             pass  # e.g. exact match when the model gets neither run right
     return out
+
+
+# --- is there a separate "modulo" head? ---------------------------------------------------------
+
+MODULO_MIN_EFFECT = 0.1  # a wrap-specific head restores more than this of the clean metric on wrap pairs
+MODULO_MIN_EXCESS = 0.1  # ... and more than this above what it restores on "a" pairs
+
+
+def modulo_head_candidate(wrap_effect: torch.Tensor, a_effect: torch.Tensor, min_effect: float = MODULO_MIN_EFFECT,
+                          min_excess: float = MODULO_MIN_EXCESS) -> tuple[int, bool]:
+    """The head whose patch matters most *more* for wrap pairs than for "a" pairs, and whether it
+    is a candidate wrap-specific ("modulo") head: it restores > `min_effect` on wrap pairs and
+    > `min_excess` more than on "a" pairs. `wrap_effect`, `a_effect`: [n_layers, n_heads]
+    normalized patching results (`z_all_pos` sweep). Returns (flat head index l * n_heads + h, is_candidate)."""
+    wrap, excess = wrap_effect.flatten(), (wrap_effect - a_effect).flatten()
+    i = int(excess.argmax())
+    return i, bool(excess[i] > min_excess and wrap[i] > min_effect)
