@@ -255,7 +255,9 @@ def _sweep_layer_pos(runner: _Runner, clean_cache, metric: PatchingMetric, n_pro
 def _sweep_layer_head(runner: _Runner, clean_cache, metric: PatchingMetric, n_prompts: int, n_pos: int,
                       token_budget: int, overhead_tokens: int, *, setter: Callable) -> torch.Tensor:
     """[n_layers, n_heads]: the metric after each patch (layer, head) at every position. `setter`
-    gives the patched residual stream after the layer's attention, [R, length, d_model]."""
+    gives the patched residual stream after the layer's attention, [R, length, d_model].
+    (`n_pos` and `overhead_tokens` are unused: every patch starts at position 0, so chunks are
+    simply as many heads as fit the token budget.)"""
     cfg = runner.cfg
     out = torch.empty((cfg.n_layers, cfg.n_heads), dtype=runner.dtype)
     heads_per_chunk = max(1, token_budget // (n_prompts * runner.length))
