@@ -1,15 +1,14 @@
 """Token roles, role-aligned attention and the head-role table, on a tiny random model."""
+import pandas as pd
 import pytest
 import torch
 
+from mechlab.analysis.attention import attention_patterns
+from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask, head_role_table,
+                                      label_head, layer_specialization, position_roles, position_slots, role_ids,
+                                      slot_aligned_attention, slot_ids)
 from mechlab.arithmetic.task import TOKENIZER
-from mechlab.core.model import ModelConfig, build_model
-from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask, attention_patterns,
-                           head_role_table, label_head, position_roles, position_slots, role_ids,
-                           slot_aligned_attention, slot_ids)
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
-
-TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
 
 
 def tokens_for(pairs):
@@ -46,7 +45,7 @@ def test_role_ids_match_names_and_prompt_only_tokens():
 def test_malformed_tokens_raise():
     toks = tokens_for([(1, 2)])
     toks[0, 0] = TOKENIZER.pad_id
-    with pytest.raises(RoleError):
+    with pytest.raises(RoleError, match="expected '<bos>' at position 0"):
         position_slots(toks)
 
 
@@ -70,15 +69,14 @@ def test_aligned_attention_hand_example():
     assert torch.isnan(avg[2]).all()
 
 
-def test_gallery_and_head_table_on_tiny_model():
-    model = build_model(TINY, device="cpu")
-    toks = tokens_for([(12, 34), (567, 8), (999, 0), (100, 12)])[:, :25]
-    pats = attention_patterns(model, toks)
+def test_gallery_and_head_table_on_tiny_model(tiny_model):
+    toks = tokens_for([(12, 34), (567, 8), (999, 0), (100, 12)])[:, :MODEL_INPUT_LEN]
+    pats = attention_patterns(tiny_model, toks)
     assert pats.shape == (4, 2, 2, MODEL_INPUT_LEN, MODEL_INPUT_LEN)
     avg, names = slot_aligned_attention(pats, toks)
     assert avg.shape[-1] == len(names) and "a:100" in names and "a:1000" not in names
     # every destination slot's masses sum to 1 over source slots
-    assert torch.allclose(avg.nansum(-1), torch.ones(avg.shape[:-1]), atol=1e-5)
+    assert torch.allclose(avg.nansum(-1), torch.ones(avg.shape[:-1], dtype=avg.dtype), atol=1e-5)
     table = head_role_table(pats, toks)
     assert len(table) == 4 and set(table["label"]) <= {
         "previous-token", "self", "a+b reader", "a reader", "b reader", "operand reader", "modulus reader", "answer reader",
@@ -96,3 +94,18 @@ def test_label_rule():
     assert label_head(base | {"mass:mod": 0.2, "mass:m": 0.4}) == "modulus reader"
     assert label_head(base | {"mass:bos": 0.9}) == "resting"
     assert label_head(base | {"mass:a": 0.2, "mass:=": 0.2}) == "mixed"
+
+
+def test_layer_specialization():
+    def table(labels):  # 4 layers x 2 heads, labels in head order
+        return pd.DataFrame({"layer": [l for l in range(4) for _ in range(2)], "label": labels})
+
+    early_late = table(["self", "self", "self", "mixed", "a reader", "a reader", "mixed", "a reader"])
+    dominant, specialized = layer_specialization(early_late, n_layers=4)
+    assert dominant["label"].tolist() == ["self", "mixed", "a reader", "a reader"]  # layer 1: tie, first alphabetically
+    assert dominant["heads"].tolist() == [2, 1, 2, 1]
+    assert specialized
+    # every layer ties 1:1, so each picks "mixed"; early and late halves agree
+    same = table(["self", "mixed"] * 4)
+    assert layer_specialization(same, n_layers=4)[1] is False
+

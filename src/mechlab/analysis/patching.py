@@ -1,25 +1,9 @@
-"""Activation patching for the arithmetic model: clean/corrupted pairs, normalized metrics, a
-fast batched patcher that matches `transformer_lens.patching`, and attribution patching.
+"""Activation patching of any `HookedTransformer`: a fast batched patcher that matches
+`transformer_lens.patching`, the TransformerLens reference, and attribution patching.
 
-Pairs (`make_pairs`) change one thing at a time and keep the token layout identical (same
-operand digit counts, same answer length), so positions line up between clean and corrupted:
-
-* kind "a":    a changed, b the same, same number of wraps ((a + b) // m unchanged)
-* kind "b":    b changed, a the same, same number of wraps
-* kind "wrap": a changed so that the sum crosses the modulus: one of the two sums is < m (no
-               wrap), the other in [m, 2m) (one wrap)
-
-and the first answer digit always differs, so the first-digit logit difference is informative.
-
-Runs are teacher-forced on the clean answer: the clean input is clean prompt + clean answer,
-the corrupted input is corrupted prompt + clean answer (`PatchingPairs.clean_tokens`,
-`corrupted_tokens`). Metrics (`LogitDiffMetric`, `ExactMatchMetric`) are normalized so that
-0 = corrupted run, 1 = clean run:
-
-* logit diff: logit(clean first digit) - logit(corrupted first digit) at `=`, mean over pairs;
-* exact match: fraction of pairs whose whole clean answer (digits and <eos>) is the argmax at
-  every answer position given the clean prefix, i.e. what greedy decoding would generate
-  (`arithmetic.teacher_forced_exact`, the repo's one exact-match definition).
+A metric is a `PatchingMetric`: a function of the logits at the positions it names, normalized
+so that 0 = corrupted run and 1 = clean run (the arithmetic pairs and metrics are in
+`mechlab.arithmetic.pairs`).
 
 Fast patching (`batched_patch`). `transformer_lens.patching` runs one full forward pass per
 patched index. Here many patched indices are folded into the batch (one row per (patch, prompt)),
@@ -49,127 +33,15 @@ corrupted forward pass and one backward pass, for the same sweeps.
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mechlab.arithmetic.task import ArithmeticSplit, teacher_forced_exact
-from mechlab.arithmetic.data import MODULUS, Example, bucket_of
-from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS
-
-ANSWER_POSITIONS = list(range(EQUALS_POS, EQUALS_POS + N_ANSWER_TOKENS))  # positions predicting answer tokens
-PAIR_KINDS = ("a", "b", "wrap")
-SWEEPS = ("resid_pre", "attn_out", "mlp_out", "z_by_pos", "z_all_pos")
-
-
-# --- clean / corrupted pairs -------------------------------------------------------------------
-
-def _digits(x: int) -> int:
-    return len(str(x))
-
-
-def _same_digit_range(x: int) -> range:
-    d = _digits(x)
-    return range(0 if d == 1 else 10 ** (d - 1), 10**d)
-
-
-def _corrupt(row: dict, kind: str, rng: random.Random) -> dict | None:
-    a, b, m = row["a"], row["b"], row["m"]
-    answer = str((a + b) % m)
-    if kind == "a":
-        cands = [(x, b) for x in _same_digit_range(a) if x != a and (x + b) // m == (a + b) // m]
-    elif kind == "b":
-        cands = [(a, y) for y in _same_digit_range(b) if y != b and (a + y) // m == (a + b) // m]
-    elif kind == "wrap":
-        if (a + b) // m not in (0, 1):
-            return None
-        want = 1 - (a + b) // m
-        cands = [(x, b) for x in _same_digit_range(a) if (x + b) // m == want]
-    else:
-        raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS}")
-    cands = [(x, y) for x, y in cands if x <= 999 and y <= 999]
-    ok = []
-    for x, y in cands:
-        ans = str((x + y) % m)
-        if len(ans) == len(answer) and ans[0] != answer[0]:
-            ok.append((x, y))
-    if not ok:
-        return None
-    x, y = rng.choice(ok)
-    return Example(x, y, m, bucket_of(x, y, m)).to_json()
-
-
-@dataclass
-class PatchingPairs:
-    """Clean rows (from a data split) and their corrupted partners, aligned row by row."""
-
-    kind: str
-    clean: ArithmeticSplit
-    corrupted: ArithmeticSplit
-
-    def __len__(self) -> int:
-        return len(self.clean)
-
-    @property
-    def clean_tokens(self) -> torch.Tensor:
-        """[n, MODEL_INPUT_LEN]: clean prompt + clean answer (teacher forcing)."""
-        return self.clean.tokens[:, :MODEL_INPUT_LEN]
-
-    @property
-    def corrupted_tokens(self) -> torch.Tensor:
-        """[n, MODEL_INPUT_LEN]: corrupted prompt + the *clean* answer, so the metrics score the clean answer."""
-        return torch.cat([self.corrupted.prompts, self.clean.answers], dim=1)[:, :MODEL_INPUT_LEN]
-
-    @property
-    def clean_answers(self) -> torch.Tensor:
-        return self.clean.answers
-
-    @property
-    def clean_first_digit(self) -> torch.Tensor:
-        return self.clean.answers[:, 0]
-
-    @property
-    def corrupted_first_digit(self) -> torch.Tensor:
-        return self.corrupted.answers[:, 0]
-
-    def subset(self, n: int) -> "PatchingPairs":
-        return PatchingPairs(self.kind, ArithmeticSplit(self.clean.rows[:n], self.clean.tokens[:n]),
-                             ArithmeticSplit(self.corrupted.rows[:n], self.corrupted.tokens[:n]))
-
-
-# Operand digit counts per pair kind for position-aligned sweeps: with one layout every pair has
-# the same token at every position, so a per-position result means the same thing for all pairs.
-# ("wrap" needs a + b < 113 on one side, hence two-digit operands.)
-DEFAULT_LAYOUTS = {"a": (3, 3), "b": (3, 3), "wrap": (2, 2)}
-
-
-def make_pairs(rows: Sequence[dict], kind: str, n: int, seed: int = 0,
-               digits: tuple[int, int] | None = None) -> PatchingPairs:
-    """Up to `n` clean/corrupted pairs of `kind` (see the module docstring), clean rows drawn in
-    a seeded random order from `rows` (e.g. the test split). Rows with no valid partner are skipped.
-    `digits=(da, db)` keeps only clean rows whose operands have da and db digits (one layout)."""
-    rng = random.Random(seed)
-    order = list(range(len(rows)))
-    rng.shuffle(order)
-    clean, corrupted = [], []
-    for i in order:
-        if len(clean) >= n:
-            break
-        row = rows[i]
-        if row.get("m", MODULUS) != MODULUS:
-            continue
-        if digits is not None and (_digits(row["a"]), _digits(row["b"])) != tuple(digits):
-            continue
-        partner = _corrupt(row, kind, rng)
-        if partner is not None:
-            clean.append(row)
-            corrupted.append(partner)
-    if not clean:
-        raise ValueError(f"no valid {kind!r} pairs among {len(rows)} rows")
-    return PatchingPairs(kind, ArithmeticSplit.from_rows(clean), ArithmeticSplit.from_rows(corrupted))
+from mechlab.core.plotting import head_labels
 
 
 # --- normalized metrics --------------------------------------------------------------------------
@@ -205,50 +77,12 @@ class PatchingMetric:
         return self
 
 
-class LogitDiffMetric(PatchingMetric):
-    """logit(clean first digit) - logit(corrupted first digit) at `=`, mean over pairs."""
-
-    def __init__(self, clean_digit: torch.Tensor, corrupted_digit: torch.Tensor):
-        self.positions = [EQUALS_POS]
-        self.clean_digit, self.corrupted_digit = clean_digit, corrupted_digit
-
-    def raw(self, logits_at_positions):
-        lp = logits_at_positions[..., 0, :]  # [..., batch, V]
-        idx = torch.arange(lp.shape[-2])
-        diff = lp[..., idx, self.clean_digit] - lp[..., idx, self.corrupted_digit]
-        return diff.mean(-1)
-
-
-class ExactMatchMetric(PatchingMetric):
-    """Fraction of pairs whose whole clean answer is generated (teacher-forced exact match)."""
-
-    def __init__(self, answers: torch.Tensor):
-        self.positions = list(ANSWER_POSITIONS)
-        self.answers = answers
-
-    def raw(self, logits_at_positions):
-        return teacher_forced_exact(logits_at_positions, self.answers).float().mean(-1)
-
-
-@torch.no_grad()
-def make_metrics(model, pairs: PatchingPairs) -> dict[str, PatchingMetric]:
-    """Both metrics, calibrated on this model's clean and corrupted runs of `pairs`."""
-    clean_logits = model(pairs.clean_tokens.to(model.cfg.device)).cpu()
-    corrupted_logits = model(pairs.corrupted_tokens.to(model.cfg.device)).cpu()
-    metrics: dict[str, PatchingMetric] = {
-        "logit_diff": LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit),
-        "exact": ExactMatchMetric(pairs.clean_answers),
-    }
-    out = {}
-    for name, metric in metrics.items():
-        try:
-            out[name] = metric.calibrate(clean_logits, corrupted_logits)
-        except ValueError:
-            pass  # e.g. exact match when the model gets neither run right
-    return out
-
-
 # --- the batched patcher -------------------------------------------------------------------------
+#
+# Names used below: a *row* is one (patch, prompt) pair of the folded batch; `prompt` [R] is the
+# prompt index of each row, `pos` [R] and `head` [R] the patched position and head of each row.
+# `length` is the number of positions that can matter (last metric position + 1) and
+# `first_pos` the first position a chunk recomputes.
 
 CORRUPTED_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_k", "attn.hook_v",
                    "attn.hook_z", "hook_attn_out", "hook_mlp_out")
@@ -267,76 +101,187 @@ class _Runner:
 
     def __init__(self, model, corrupted_cache, positions: list[int]):
         self.model, self.cfg = model, model.cfg
-        self.cc = corrupted_cache
+        self.corrupted = corrupted_cache
         self.positions = sorted(positions)
-        self.T = self.positions[-1] + 1  # nothing after the last metric position matters
-        L = self.cfg.n_layers
-        self.k = [corrupted_cache[f"blocks.{l}.attn.hook_k"] for l in range(L)]
-        self.v = [corrupted_cache[f"blocks.{l}.attn.hook_v"] for l in range(L)]
-        self.final = corrupted_cache[f"blocks.{L - 1}.hook_resid_post"]
+        self.length = self.positions[-1] + 1  # nothing after the last metric position matters
+        self.n_layers = self.cfg.n_layers
+        self.k = [corrupted_cache[f"blocks.{l}.attn.hook_k"] for l in range(self.n_layers)]
+        self.v = [corrupted_cache[f"blocks.{l}.attn.hook_v"] for l in range(self.n_layers)]
+        self.final = corrupted_cache[f"blocks.{self.n_layers - 1}.hook_resid_post"]
+        self.dtype = self.final.dtype  # what the model computes in (cfg.dtype can lag behind `model.double()`)
 
-    def attn(self, l: int, resid: torch.Tensor, p0: int, idx: torch.Tensor, q_rel: list[int] | None,
+    def attn(self, layer: int, resid: torch.Tensor, first_pos: int, prompt: torch.Tensor, q_rel: list[int] | None,
              z_patch=None) -> torch.Tensor:
-        """Attention of layer l for window rows `resid` [R, W, d] starting at absolute position p0.
-        Queries only at relative positions `q_rel` (None = all). Returns attn_out [R, Q, d]."""
-        blk = self.model.blocks[l]
-        a = blk.attn
-        x = blk.ln1(resid)
-        k_new = torch.einsum("rwd,hde->rwhe", x, a.W_K) + a.b_K
-        v_new = torch.einsum("rwd,hde->rwhe", x, a.W_V) + a.b_V
-        if p0 > 0:
-            k = torch.cat([self.k[l][idx, :p0], k_new], dim=1)
-            v = torch.cat([self.v[l][idx, :p0], v_new], dim=1)
+        """Attention of `layer` for window rows `resid` [R, W, d_model] starting at absolute
+        position `first_pos`; keys and values before it come from the corrupted cache. Queries
+        only at relative positions `q_rel` (None = all). Returns attn_out [R, Q, d_model]."""
+        block = self.model.blocks[layer]
+        attn = block.attn
+        x = block.ln1(resid)
+        k_new = torch.einsum("rwd,hde->rwhe", x, attn.W_K) + attn.b_K
+        v_new = torch.einsum("rwd,hde->rwhe", x, attn.W_V) + attn.b_V
+        if first_pos > 0:
+            k = torch.cat([self.k[layer][prompt, :first_pos], k_new], dim=1)
+            v = torch.cat([self.v[layer][prompt, :first_pos], v_new], dim=1)
         else:
             k, v = k_new, v_new
         xq = x if q_rel is None else x[:, q_rel]
-        q = torch.einsum("rqd,hde->rqhe", xq, a.W_Q) + a.b_Q
-        scores = torch.einsum("rqhe,rkhe->rhqk", q, k) / a.attn_scale
-        q_abs = torch.arange(p0, p0 + resid.shape[1]) if q_rel is None else torch.tensor(q_rel) + p0
+        q = torch.einsum("rqd,hde->rqhe", xq, attn.W_Q) + attn.b_Q
+        scores = torch.einsum("rqhe,rkhe->rhqk", q, k) / attn.attn_scale
+        q_abs = torch.arange(first_pos, first_pos + resid.shape[1]) if q_rel is None else torch.tensor(q_rel) + first_pos
         future = torch.arange(k.shape[1])[None, :] > q_abs[:, None]  # [Q, K]
         scores = scores.masked_fill(future.to(scores.device), float("-inf"))
         pattern = F.softmax(scores, dim=-1)
         z = torch.einsum("rhqk,rkhe->rqhe", pattern, v)
         if z_patch is not None:
-            mask, clean_z = z_patch  # [R, W, H] bool, [R, W, H, d_head]
+            mask, clean_z = z_patch  # [R, W, n_heads] bool, [R, W, n_heads, d_head]
             if q_rel is not None:
                 mask, clean_z = mask[:, q_rel], clean_z[:, q_rel]
             z = torch.where(mask[..., None], clean_z, z)
-        return torch.einsum("rqhe,hed->rqd", z, a.W_O) + a.b_O
+        return torch.einsum("rqhe,hed->rqd", z, attn.W_O) + attn.b_O
 
-    def mlp(self, l: int, resid_mid: torch.Tensor) -> torch.Tensor:
-        blk = self.model.blocks[l]
-        return resid_mid + blk.mlp(blk.ln2(resid_mid))
+    def mlp(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
+        """[R, W, d_model]: the residual stream leaving `layer` given the one after its attention."""
+        block = self.model.blocks[layer]
+        return resid_mid + block.mlp(block.ln2(resid_mid))
 
-    def run(self, start_layer: int, p0: int, resid: torch.Tensor, idx: torch.Tensor, z_patches=None) -> torch.Tensor:
-        """resid: [R, T - p0, d], the residual stream entering `start_layer` at positions p0..T-1.
-        Returns logits [R, len(positions), d_vocab]."""
-        L = self.cfg.n_layers
-        q_rel_last = [p - p0 for p in self.positions if p >= p0]
-        for l in range(start_layer, L):
-            q_rel = q_rel_last if l == L - 1 else None
-            zp = None if z_patches is None else z_patches.get(l)
-            attn_out = self.attn(l, resid, p0, idx, q_rel, zp)
+    def run(self, start_layer: int, first_pos: int, resid: torch.Tensor, prompt: torch.Tensor,
+            z_patches=None) -> torch.Tensor:
+        """resid: [R, length - first_pos, d_model], the residual stream entering `start_layer` at
+        positions first_pos..length-1. Returns logits [R, len(positions), d_vocab]."""
+        q_rel_last = [p - first_pos for p in self.positions if p >= first_pos]
+        for layer in range(start_layer, self.n_layers):
+            q_rel = q_rel_last if layer == self.n_layers - 1 else None  # last layer: metric positions only
+            z_patch = None if z_patches is None else z_patches.get(layer)
+            attn_out = self.attn(layer, resid, first_pos, prompt, q_rel, z_patch)
             resid = resid if q_rel is None else resid[:, q_rel]
-            resid = self.mlp(l, resid + attn_out)
-        if start_layer == L:
+            resid = self.mlp(layer, resid + attn_out)
+        if start_layer == self.n_layers:
             resid = resid[:, q_rel_last]
-        before = [p for p in self.positions if p < p0]
+        before = [p for p in self.positions if p < first_pos]
         if before:
-            resid = torch.cat([self.final[idx][:, before], resid], dim=1)
+            resid = torch.cat([self.final[prompt][:, before], resid], dim=1)
         return self.model.unembed(self.model.ln_final(resid))
 
+    def run_from_mid(self, layer: int, resid_mid: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """resid_mid: [R, length, d_model], the residual stream after the attention of `layer`
+        at positions 0..length-1. Returns logits [R, len(positions), d_vocab]."""
+        if layer == self.n_layers - 1:
+            resid = self.mlp(layer, resid_mid[:, self.positions])
+            return self.model.unembed(self.model.ln_final(resid))
+        return self.run(layer + 1, 0, self.mlp(layer, resid_mid), prompt)
 
-def _plan_chunks(starts: Sequence[int], rows_per_patch: int, T: int, budget: int, overhead: int) -> list[tuple[int, int]]:
+
+# Patch setters. Each computes, for a batch of rows, the residual stream of the corrupted run
+# with one activation replaced by the clean run's. The position setters return the rows at the
+# patched position only, [R, d_model]: `resid_pre` the stream entering `layer`, the others the
+# stream leaving it (an attention, head or MLP output at one position changes the layer's output
+# only there, so the layer is a single-position update). The all-positions head setter returns
+# the stream after the attention of `layer` at positions 0..length-1, [R, length, d_model].
+
+def resid_pre_setter(runner: _Runner, clean_cache, layer: int, prompt, pos, head) -> torch.Tensor:
+    """index = [layer, pos]: the clean residual stream entering `layer` at `pos`."""
+    return clean_cache[f"blocks.{layer}.hook_resid_pre"][prompt, pos]
+
+
+def _resid_post_with_attn_delta(runner: _Runner, layer: int, prompt, pos, delta: torch.Tensor) -> torch.Tensor:
+    """[R, d_model]: the corrupted stream leaving `layer` at `pos` when `delta` [R, d_model] is
+    added to its attention output there."""
+    resid_mid = runner.corrupted[f"blocks.{layer}.hook_resid_mid"][prompt, pos] + delta
+    return runner.mlp(layer, resid_mid[:, None])[:, 0]
+
+
+def attn_out_setter(runner: _Runner, clean_cache, layer: int, prompt, pos, head) -> torch.Tensor:
+    """index = [layer, pos]: the stream leaving `layer` at `pos` with the clean attention output."""
+    name = f"blocks.{layer}.hook_attn_out"
+    delta = clean_cache[name][prompt, pos] - runner.corrupted[name][prompt, pos]
+    return _resid_post_with_attn_delta(runner, layer, prompt, pos, delta)
+
+
+def head_out_setter(runner: _Runner, clean_cache, layer: int, prompt, pos, head) -> torch.Tensor:
+    """index = [layer, pos, head]: the stream leaving `layer` at `pos` with the clean output
+    (hook_z) of `head` there."""
+    name = f"blocks.{layer}.attn.hook_z"
+    dz = clean_cache[name][prompt, pos, head] - runner.corrupted[name][prompt, pos, head]  # [R, d_head]
+    delta = torch.einsum("re,red->rd", dz, runner.model.blocks[layer].attn.W_O[head])
+    return _resid_post_with_attn_delta(runner, layer, prompt, pos, delta)
+
+
+def mlp_out_setter(runner: _Runner, clean_cache, layer: int, prompt, pos, head) -> torch.Tensor:
+    """index = [layer, pos]: the stream leaving `layer` at `pos` with the clean MLP output."""
+    name = f"blocks.{layer}.hook_mlp_out"
+    return (runner.corrupted[f"blocks.{layer}.hook_resid_post"][prompt, pos]
+            + clean_cache[name][prompt, pos] - runner.corrupted[name][prompt, pos])
+
+
+def head_out_all_pos_setter(runner: _Runner, clean_cache, layer: int, prompt, head) -> torch.Tensor:
+    """index = [layer, head]: the stream after the attention of `layer` with the clean output of
+    `head` at every position, [R, length, d_model]."""
+    name, length = f"blocks.{layer}.attn.hook_z", runner.length
+    dz = clean_cache[name][prompt, :length, head] - runner.corrupted[name][prompt, :length, head]  # [R, length, d_head]
+    delta = torch.einsum("rte,red->rtd", dz, runner.model.blocks[layer].attn.W_O[head])
+    return runner.corrupted[f"blocks.{layer}.hook_resid_mid"][prompt, :length] + delta
+
+
+def _sweep_layer_pos(runner: _Runner, clean_cache, metric: PatchingMetric, n_prompts: int, n_pos: int,
+                     token_budget: int, overhead_tokens: int, *, setter: Callable, stream: str,
+                     by_head: bool) -> torch.Tensor:
+    """[n_layers, n_pos(, n_heads)]: the metric after each patch (layer, pos(, head)). `setter`
+    gives the patched rows of the residual stream `stream` ("resid_pre": entering the layer,
+    "resid_post": leaving it) at the patched position; the rest of the window is corrupted."""
+    cfg, device, length = runner.cfg, runner.cfg.device, runner.length
+    n_heads = cfg.n_heads if by_head else 1
+    base = metric.score(runner.model.unembed(runner.model.ln_final(runner.final[:, metric.positions]))).item()
+    out = torch.full((cfg.n_layers, n_pos, n_heads), base, dtype=runner.dtype)  # untouched patches keep the corrupted score
+    for layer in range(cfg.n_layers):
+        patches = [(p, h) for p in range(min(n_pos, length)) for h in range(n_heads)]
+        for i, j in _plan_chunks([p for p, _ in patches], n_prompts, length, token_budget, overhead_tokens):
+            chunk = patches[i:j]
+            first_pos, n = chunk[0][0], len(chunk)
+            prompt = torch.arange(n_prompts, device=device).repeat(n)  # row r <-> (patch r // n_prompts, prompt r % n_prompts)
+            pos = torch.tensor([p for p, _ in chunk], device=device).repeat_interleave(n_prompts)
+            head = torch.tensor([h for _, h in chunk], device=device).repeat_interleave(n_prompts)
+            resid = runner.corrupted[f"blocks.{layer}.hook_{stream}"][prompt, first_pos:length].clone()
+            resid[torch.arange(n * n_prompts, device=device), pos - first_pos] = setter(runner, clean_cache, layer,
+                                                                                        prompt, pos, head)
+            start_layer = layer if stream == "resid_pre" else layer + 1
+            logits = runner.run(start_layer, first_pos, resid, prompt)
+            scores = metric.score(logits.view(n, n_prompts, *logits.shape[1:])).cpu()
+            for k, (p, h) in enumerate(chunk):
+                out[layer, p, h] = scores[k]
+    return out if by_head else out[..., 0]
+
+
+def _sweep_layer_head(runner: _Runner, clean_cache, metric: PatchingMetric, n_prompts: int, n_pos: int,
+                      token_budget: int, overhead_tokens: int, *, setter: Callable) -> torch.Tensor:
+    """[n_layers, n_heads]: the metric after each patch (layer, head) at every position. `setter`
+    gives the patched residual stream after the layer's attention, [R, length, d_model].
+    (`n_pos` and `overhead_tokens` are unused: every patch starts at position 0, so chunks are
+    simply as many heads as fit the token budget.)"""
+    cfg = runner.cfg
+    out = torch.empty((cfg.n_layers, cfg.n_heads), dtype=runner.dtype)
+    heads_per_chunk = max(1, token_budget // (n_prompts * runner.length))
+    for layer in range(cfg.n_layers):
+        for first in range(0, cfg.n_heads, heads_per_chunk):
+            heads = list(range(first, min(first + heads_per_chunk, cfg.n_heads)))
+            prompt = torch.arange(n_prompts).repeat(len(heads))  # row r <-> (head heads[r // n_prompts], prompt r % n_prompts)
+            head = torch.tensor(heads).repeat_interleave(n_prompts)
+            logits = runner.run_from_mid(layer, setter(runner, clean_cache, layer, prompt, head), prompt)
+            out[layer, heads] = metric.score(logits.view(len(heads), n_prompts, *logits.shape[1:])).cpu()
+    return out
+
+
+def _plan_chunks(starts: Sequence[int], rows_per_patch: int, length: int, budget: int,
+                 overhead: int) -> list[tuple[int, int]]:
     """Split patches sorted by start position into contiguous chunks [i, j) minimising
-    sum(overhead + rows * (T - start_i)) with rows * (T - start_i) <= budget (a chunk of one patch
-    is always allowed)."""
+    sum(overhead + rows * (length - start_i)) with rows * (length - start_i) <= budget (a chunk
+    of one patch is always allowed)."""
     n = len(starts)
     best = [0.0] + [math.inf] * n
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         for i in range(j - 1, -1, -1):
-            tokens = (j - i) * rows_per_patch * (T - starts[i])
+            tokens = (j - i) * rows_per_patch * (length - starts[i])
             if tokens > budget and j - i > 1:
                 break
             cost = best[i] + overhead + tokens
@@ -351,6 +296,17 @@ def _plan_chunks(starts: Sequence[int], rows_per_patch: int, T: int, budget: int
 
 DEFAULT_TOKEN_BUDGET = 65536
 DEFAULT_OVERHEAD_TOKENS = 256
+
+# One generic sweep per index layout, specialised by its setter (as transformer_lens.patching does
+# with `partial(generic_activation_patch, patch_setter=...)`). A new sweep is one more entry.
+SWEEP_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "resid_pre": partial(_sweep_layer_pos, setter=resid_pre_setter, stream="resid_pre", by_head=False),
+    "attn_out": partial(_sweep_layer_pos, setter=attn_out_setter, stream="resid_post", by_head=False),
+    "mlp_out": partial(_sweep_layer_pos, setter=mlp_out_setter, stream="resid_post", by_head=False),
+    "z_by_pos": partial(_sweep_layer_pos, setter=head_out_setter, stream="resid_post", by_head=True),
+    "z_all_pos": partial(_sweep_layer_head, setter=head_out_all_pos_setter),
+}
+SWEEPS = tuple(SWEEP_FUNCTIONS)
 
 
 @torch.no_grad()
@@ -373,82 +329,14 @@ def batched_patch(model, corrupted_tokens: torch.Tensor, clean_cache, metric: Pa
     `metric` must be a `PatchingMetric` (it says which positions it reads). `clean_cache` and
     `corrupted_cache` come from `run_cache` (a plain `run_with_cache` cache with those hooks works).
     """
-    if sweep not in SWEEPS:
+    if sweep not in SWEEP_FUNCTIONS:
         raise ValueError(f"unknown sweep {sweep!r}; expected one of {SWEEPS}")
-    cfg = model.cfg
-    device = cfg.device
-    corrupted_tokens = corrupted_tokens.to(device)
+    corrupted_tokens = corrupted_tokens.to(model.cfg.device)
     if corrupted_cache is None:
         _, corrupted_cache = run_cache(model, corrupted_tokens)
-    B, n_pos = corrupted_tokens.shape
-    L, H = cfg.n_layers, cfg.n_heads
+    n_prompts, n_pos = corrupted_tokens.shape
     runner = _Runner(model, corrupted_cache, metric.positions)
-    T = runner.T
-    base = metric.score(runner.model.unembed(runner.model.ln_final(runner.final[:, metric.positions]))).item()
-    cc, cl = corrupted_cache, clean_cache
-    W_O = [model.blocks[l].attn.W_O for l in range(L)]
-
-    if sweep == "z_all_pos":
-        out = torch.full((L, H), base, dtype=cfg.dtype)
-        for l in range(L):
-            heads = list(range(H))
-            per = max(1, token_budget // (B * T))
-            for s in range(0, H, per):
-                hs = heads[s:s + per]
-                idx = torch.arange(B).repeat(len(hs))  # row r <-> (head hs[r // B], prompt r % B)
-                h_of_row = torch.tensor(hs).repeat_interleave(B)
-                dz = (cl[f"blocks.{l}.attn.hook_z"][idx, :T, h_of_row] - cc[f"blocks.{l}.attn.hook_z"][idx, :T, h_of_row])
-                delta = torch.einsum("rte,red->rtd", dz, W_O[l][h_of_row])
-                mid = cc[f"blocks.{l}.hook_resid_mid"][idx, :T] + delta
-                if l == L - 1:
-                    resid = runner.mlp(l, mid[:, runner.positions])
-                    logits = model.unembed(model.ln_final(resid))
-                else:
-                    logits = runner.run(l + 1, 0, runner.mlp(l, mid), idx)
-                out[l, hs] = metric.score(logits.view(len(hs), B, *logits.shape[1:])).cpu()
-        return out
-
-    n_idx = H if sweep == "z_by_pos" else 1
-    shape = (L, n_pos, H) if sweep == "z_by_pos" else (L, n_pos)
-    out = torch.full(shape, base, dtype=cfg.dtype)
-    for l in range(L):
-        patches = [(p, h) for p in range(min(n_pos, T)) for h in range(n_idx)]
-        starts = [p for p, _ in patches]
-        for i, j in _plan_chunks(starts, B, T, token_budget, overhead_tokens):
-            chunk = patches[i:j]
-            p0 = chunk[0][0]
-            n = len(chunk)
-            idx = torch.arange(B, device=device).repeat(n)
-            p_of_row = torch.tensor([p for p, _ in chunk], device=device).repeat_interleave(B)
-            rows = torch.arange(n * B, device=device)
-            if sweep == "resid_pre":
-                resid = cc[f"blocks.{l}.hook_resid_pre"][idx, p0:T].clone()
-                resid[rows, p_of_row - p0] = cl[f"blocks.{l}.hook_resid_pre"][idx, p_of_row]
-                logits = runner.run(l, p0, resid, idx)
-            else:
-                if sweep == "mlp_out":
-                    post = (cc[f"blocks.{l}.hook_resid_post"][idx, p_of_row]
-                            + cl[f"blocks.{l}.hook_mlp_out"][idx, p_of_row] - cc[f"blocks.{l}.hook_mlp_out"][idx, p_of_row])
-                else:
-                    if sweep == "attn_out":
-                        delta = cl[f"blocks.{l}.hook_attn_out"][idx, p_of_row] - cc[f"blocks.{l}.hook_attn_out"][idx, p_of_row]
-                    else:  # z_by_pos
-                        h_of_row = torch.tensor([h for _, h in chunk], device=device).repeat_interleave(B)
-                        dz = (cl[f"blocks.{l}.attn.hook_z"][idx, p_of_row, h_of_row]
-                              - cc[f"blocks.{l}.attn.hook_z"][idx, p_of_row, h_of_row])
-                        delta = torch.einsum("re,red->rd", dz, W_O[l][h_of_row])
-                    mid = cc[f"blocks.{l}.hook_resid_mid"][idx, p_of_row] + delta
-                    post = runner.mlp(l, mid[:, None])[:, 0]
-                resid = cc[f"blocks.{l}.hook_resid_post"][idx, p0:T].clone()
-                resid[rows, p_of_row - p0] = post
-                logits = runner.run(l + 1, p0, resid, idx)
-            scores = metric.score(logits.view(n, B, *logits.shape[1:])).cpu()
-            for k, (p, h) in enumerate(chunk):
-                if sweep == "z_by_pos":
-                    out[l, p, h] = scores[k]
-                else:
-                    out[l, p] = scores[k]
-    return out
+    return SWEEP_FUNCTIONS[sweep](runner, clean_cache, metric, n_prompts, n_pos, token_budget, overhead_tokens)
 
 
 @torch.no_grad()
@@ -462,30 +350,75 @@ def patch_head_sets(model, corrupted_tokens: torch.Tensor, clean_cache, metric: 
     corrupted_tokens = corrupted_tokens.to(cfg.device)
     if corrupted_cache is None:
         _, corrupted_cache = run_cache(model, corrupted_tokens)
-    B = corrupted_tokens.shape[0]
+    n_prompts = corrupted_tokens.shape[0]
     runner = _Runner(model, corrupted_cache, metric.positions)
-    T = runner.T
-    out = torch.empty(len(head_sets), dtype=cfg.dtype)
+    length = runner.length
+    out = torch.empty(len(head_sets), dtype=runner.dtype)
     order = sorted(range(len(head_sets)), key=lambda i: min(l for l, _ in head_sets[i]))
-    per = max(1, token_budget // (B * T))
-    for s in range(0, len(order), per):
-        ids = order[s:s + per]
-        start = min(l for i in ids for l, _ in head_sets[i])
+    sets_per_chunk = max(1, token_budget // (n_prompts * length))
+    for first in range(0, len(order), sets_per_chunk):
+        ids = order[first:first + sets_per_chunk]
+        start_layer = min(l for i in ids for l, _ in head_sets[i])
         n = len(ids)
-        idx = torch.arange(B).repeat(n)
+        prompt = torch.arange(n_prompts).repeat(n)  # row r <-> (set ids[r // n_prompts], prompt r % n_prompts)
         z_patches = {}
-        for l in range(start, cfg.n_layers):
-            mask = torch.zeros(n * B, T, cfg.n_heads, dtype=torch.bool)
+        for layer in range(start_layer, cfg.n_layers):
+            mask = torch.zeros(n * n_prompts, length, cfg.n_heads, dtype=torch.bool)
             for k, i in enumerate(ids):
-                for hl, h in head_sets[i]:
-                    if hl == l:
-                        mask[k * B:(k + 1) * B, :, h] = True
+                for set_layer, h in head_sets[i]:
+                    if set_layer == layer:
+                        mask[k * n_prompts:(k + 1) * n_prompts, :, h] = True
             if mask.any():
-                z_patches[l] = (mask, clean_cache[f"blocks.{l}.attn.hook_z"][idx, :T])
-        resid = corrupted_cache[f"blocks.{start}.hook_resid_pre"][idx, :T]
-        logits = runner.run(start, 0, resid, idx, z_patches)
-        out[ids] = metric.score(logits.view(n, B, *logits.shape[1:])).cpu()
+                z_patches[layer] = (mask, clean_cache[f"blocks.{layer}.attn.hook_z"][prompt, :length])
+        resid = corrupted_cache[f"blocks.{start_layer}.hook_resid_pre"][prompt, :length]
+        logits = runner.run(start_layer, 0, resid, prompt, z_patches)
+        out[ids] = metric.score(logits.view(n, n_prompts, *logits.shape[1:])).cpu()
     return out
+
+
+@torch.no_grad()
+def patch_sweeps(model, corrupted_tokens: torch.Tensor, clean_cache, metrics: Mapping[str, PatchingMetric],
+                 sweeps: Sequence[str], corrupted_cache=None) -> dict[tuple[str, str], torch.Tensor]:
+    """{(metric name, sweep): `batched_patch(...)`} for every metric and sweep."""
+    if corrupted_cache is None:
+        _, corrupted_cache = run_cache(model, corrupted_tokens)
+    return {(name, sweep): batched_patch(model, corrupted_tokens, clean_cache, metric, sweep, corrupted_cache=corrupted_cache)
+            for name, metric in metrics.items() for sweep in sweeps}
+
+
+# --- pairs of heads -------------------------------------------------------------------------------
+
+ALONE_MAX = 0.05  # a head "does nothing alone" when patching it restores less than this
+TOGETHER_MIN = 0.10  # a pair "matters" when patching both restores at least this
+
+
+def head_pair_interactions(single: torch.Tensor, head_pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]],
+                           pair_values: Sequence[float], alone_max: float = ALONE_MAX,
+                           together_min: float = TOGETHER_MIN) -> pd.DataFrame:
+    """One row per pair of heads ((l, h), (l', h')), in the order of `head_pairs`: each head's
+    patching effect alone (from `single` [n_layers, n_heads], the `z_all_pos` sweep), the pair's
+    (`pair_values`, from `patch_head_sets`), interaction = pair - alone_a - alone_b, and
+    only_together: each head alone restores < `alone_max` but the pair restores >= `together_min`."""
+    names = head_labels(*single.shape)
+    n_heads = single.shape[1]
+    rows = []
+    for ((la, ha), (lb, hb)), pair in zip(head_pairs, pair_values, strict=True):
+        alone_a, alone_b = single[la, ha].item(), single[lb, hb].item()
+        rows.append({"a": names[la * n_heads + ha], "b": names[lb * n_heads + hb], "alone_a": alone_a, "alone_b": alone_b,
+                     "pair": pair, "interaction": pair - alone_a - alone_b,
+                     "only_together": max(alone_a, alone_b) < alone_max and pair >= together_min})
+    return pd.DataFrame(rows)
+
+
+def interaction_matrix(head_pairs: Sequence[tuple[tuple[int, int], tuple[int, int]]], interaction: Sequence[float],
+                       n_layers: int, n_heads: int) -> np.ndarray:
+    """[n_layers * n_heads, n_layers * n_heads] symmetric matrix of the pairs' interactions
+    (head (l, h) is row l * n_heads + h; pairs not given and the diagonal are 0)."""
+    matrix = np.zeros((n_layers * n_heads, n_layers * n_heads))
+    for ((la, ha), (lb, hb)), value in zip(head_pairs, interaction, strict=True):
+        i, j = la * n_heads + ha, lb * n_heads + hb
+        matrix[i, j] = matrix[j, i] = value
+    return matrix
 
 
 # --- the TransformerLens reference --------------------------------------------------------------

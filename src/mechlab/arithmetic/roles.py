@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from mechlab.arithmetic.tokenizer import VOCAB
+from mechlab.arithmetic.tokenizer import DIGIT_IDS, VOCAB, ArithmeticTokenizer
 
 ROLES: tuple[str, ...] = ("bos", "pad", "a", "space", "+", "b", "mod", "m", "=", "answer", "eos")
 ROLE_INDEX = {r: i for i, r in enumerate(ROLES)}
@@ -49,8 +49,8 @@ SLOTS: tuple[str, ...] = (
 )
 SLOT_INDEX = {s: i for i, s in enumerate(SLOTS)}
 
-_ID = {tok: i for i, tok in enumerate(VOCAB)}
-_DIGITS = {_ID[str(d)] for d in range(10)}
+_ID = ArithmeticTokenizer.stoi
+_DIGITS = frozenset(DIGIT_IDS.tolist())  # a set: `in` is tested once per token
 
 
 class RoleError(ValueError):
@@ -176,17 +176,6 @@ def slot_aligned_attention(patterns: torch.Tensor, tokens: torch.Tensor) -> tupl
     return avg, [SLOTS[i] for i in keep.tolist()]
 
 
-@torch.no_grad()
-def attention_patterns(model, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """[batch, n_layers, n_heads, pos, pos] attention patterns of `model` on `tokens`."""
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
-    out = []
-    for chunk in tokens.split(batch_size):
-        _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n in names)
-        out.append(torch.stack([cache[n] for n in names], dim=1).cpu())
-    return torch.cat(out)
-
-
 # --- the head-role table ---------------------------------------------------------------------
 
 LABEL_THRESHOLDS = {"strong": 0.6, "single": 0.5, "both": 0.25, "rest": 0.5}
@@ -264,3 +253,16 @@ def head_role_table(patterns: torch.Tensor, tokens: torch.Tensor) -> pd.DataFram
             row["label"] = label_head(row)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def layer_specialization(table: pd.DataFrame, n_layers: int) -> tuple[pd.DataFrame, bool]:
+    """The most common label per layer of `head_role_table` (columns label, heads: how many heads
+    of the layer have it; ties go to the label first in alphabetical order), and whether the
+    layers specialize: the label most layers of the early half (layers < n_layers // 2) share
+    differs from the late half's."""
+    counts = pd.crosstab(table["layer"], table["label"])  # [layer, label]
+    dominant = counts.idxmax(axis=1)
+    per_layer = pd.DataFrame({"label": dominant, "heads": [counts.loc[l, dominant[l]] for l in counts.index]})
+    half = n_layers // 2
+    specialized = dominant.iloc[:half].mode().iloc[0] != dominant.iloc[half:].mode().iloc[0]
+    return per_layer, bool(specialized)

@@ -31,7 +31,8 @@ from mechlab.bench.training import machine_info
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of, read_jsonl
 from mechlab.core.io import write_json_atomic
 from mechlab.core.model import build_model, load_checkpoint
-from mechlab.analysis.patching import ExactMatchMetric, LogitDiffMetric, batched_patch, make_pairs, run_cache, tl_patch
+from mechlab.analysis.patching import batched_patch, run_cache, tl_patch
+from mechlab.arithmetic.pairs import ExactMatchMetric, LogitDiffMetric, make_pairs
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
@@ -51,12 +52,24 @@ def _metric(name: str, pairs, model):
 
 
 def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """(fastest of `repeats` calls of `fn` in seconds, the last call's result)."""
     best, out = float("inf"), None
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def time_against_tl(model, corrupted_tokens: torch.Tensor, clean_cache, metric, sweep: str = "z_by_pos",
+                    repeats: int = 1) -> dict:
+    """One sweep by `transformer_lens.patching` and by `batched_patch` on the same inputs: number
+    of patches, best seconds of each (the batched time includes the corrupted run it caches),
+    speed-up and the largest absolute difference between their results."""
+    t_tl, ref = best_time(lambda: tl_patch(model, corrupted_tokens, clean_cache, metric, sweep), repeats)
+    t_b, got = best_time(lambda: batched_patch(model, corrupted_tokens, clean_cache, metric, sweep), repeats)
+    return {"patches": ref.numel(), "tl_seconds": t_tl, "batched_seconds": t_b, "speedup": t_tl / t_b,
+            "max_abs_diff": (ref - got).abs().max().item()}
 
 
 def run_benchmark(prompt_counts=(1, 8, 64), metrics=("logit_diff",), repeats: int = 1, checkpoint: Path | None = None,
@@ -72,14 +85,11 @@ def run_benchmark(prompt_counts=(1, 8, 64), metrics=("logit_diff",), repeats: in
             pairs = all_pairs.subset(n)
             metric = _metric(name, pairs, model)
             _, clean_cache = run_cache(model, pairs.clean_tokens)
-            t_tl, ref = best_time(lambda: tl_patch(model, pairs.corrupted_tokens, clean_cache, metric, sweep), repeats)
-            # the batched time includes the corrupted run it caches
-            t_b, got = best_time(lambda: batched_patch(model, pairs.corrupted_tokens, clean_cache, metric, sweep), repeats)
-            row = {"metric": name, "prompts": n, "patches": ref.numel(), "tl_seconds": t_tl, "batched_seconds": t_b,
-                   "speedup": t_tl / t_b, "max_abs_diff": (ref - got).abs().max().item()}
+            row = {"metric": name, "prompts": n} | time_against_tl(model, pairs.corrupted_tokens, clean_cache, metric,
+                                                                   sweep, repeats)
             results.append(row)
             if verbose:
-                print(f"{name:>10} {n:>4} prompts  TL {t_tl:8.2f}s  batched {t_b:7.3f}s  "
+                print(f"{name:>10} {n:>4} prompts  TL {row['tl_seconds']:8.2f}s  batched {row['batched_seconds']:7.3f}s  "
                       f"x{row['speedup']:6.1f}  max|diff| {row['max_abs_diff']:.1e}", flush=True)
     return {"sweep": sweep, "model": "main architecture (4 layers, 8 heads, d_model 128)",
             "weights": str(checkpoint) if checkpoint else "random init", "repeats": repeats,
