@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mechlab.core.plotting import head_labels
+from mechlab.core.model import head_labels
 
 
 # --- normalized metrics --------------------------------------------------------------------------
