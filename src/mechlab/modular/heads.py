@@ -16,7 +16,6 @@ import torch
 from mechlab.modular.task import encode
 
 POSITIONS = ("a", "+", "b", "=")
-CLASSES = ("attends-a", "attends-b", "spread", "self", "attends-+")
 
 
 def eq_attention(model, pairs: torch.Tensor, p: int) -> torch.Tensor:
@@ -46,13 +45,3 @@ def classify_heads(mass: torch.Tensor, threshold: float = 0.6) -> dict[tuple[int
     return {(layer, head): classify_pattern(mass[layer, head], threshold)
             for layer in range(mass.shape[0]) for head in range(mass.shape[1])}
 
-
-def head_ablation_hook(heads: list[int], mode: str = "mean", means: torch.Tensor | None = None):
-    """A hook on blocks.L.attn.hook_z ([n, pos, head, d_head]) that zero- or mean-ablates `heads`
-    (means: [pos, head, d_head] over a reference set)."""
-    def hook(z, hook=None):
-        z = z.clone()
-        for h in heads:
-            z[:, :, h] = 0.0 if mode == "zero" else means[:, h].to(z.device)
-        return z
-    return hook
