@@ -215,6 +215,23 @@ def logit_lens(model, tokens: torch.Tensor, positions: Sequence[int], target_ids
     return LogitLensResult(list(labels), top, torch.cat(lps), first, valid)
 
 
+def point_names(labels: Sequence[str]) -> list[str]:
+    """Readable names of logit-lens points (TransformerLens' `accumulated_resid` labels): "0_pre" ->
+    "embeddings", "L_mid" -> "layer L attention", "L_pre" -> "layer L-1 MLP", "final_post" -> the
+    last layer's MLP (each point is read after that sublayer)."""
+    names = []
+    for label in labels:
+        if label == "final_post":
+            last = max(int(x.split("_")[0]) for x in labels if x != "final_post")
+            names.append(f"layer {last} MLP")
+            continue
+        layer, where = label.split("_")
+        layer = int(layer)
+        names.append("embeddings" if (layer, where) == (0, "pre") else
+                     f"layer {layer} attention" if where == "mid" else f"layer {layer - 1} MLP")
+    return names
+
+
 def top_correct_by(lens: LogitLensResult, groups: Sequence[str]) -> pd.DataFrame:
     """Share of valid rows whose target is the top prediction, per (position, group, lens point).
     groups: [n] the group of each row (e.g. its bucket). Columns: answer_pos, group, point,
