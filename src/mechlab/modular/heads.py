@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from mechlab.analysis.ablation import Component
 from mechlab.modular.task import encode
 
 POSITIONS = ("a", "+", "b", "=")
@@ -45,3 +46,9 @@ def classify_heads(mass: torch.Tensor, threshold: float = 0.6) -> dict[tuple[int
     return {(layer, head): classify_pattern(mass[layer, head], threshold)
             for layer in range(mass.shape[0]) for head in range(mass.shape[1])}
 
+
+
+def heads_by_class(classes: dict[tuple[int, int], str]) -> dict[str, list[Component]]:
+    """{class: its heads as ablation `Component`s}, classes in alphabetical order."""
+    return {cls: [Component("head", layer, head) for (layer, head), c in classes.items() if c == cls]
+            for cls in sorted(set(classes.values()))}
