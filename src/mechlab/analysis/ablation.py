@@ -198,14 +198,15 @@ def ablation_sweep(model, score: Score, components: Sequence[Component], methods
 def group_ablation(model, score: Score, groups: dict[str, Sequence[Component]], method: str = "mean",
                    reference: dict[str, torch.Tensor] | None = None, seed: int = 0, *, metric: str) -> pd.DataFrame:
     """Ablate each named set of components together. Columns: ablated (the set's name), n (its
-    size), score (`metric` under ablation), drop and relative drop (1 - score / unablated score)."""
+    size), score (`metric` under ablation), drop and relative drop (1 - score / unablated score;
+    NaN when the unablated score is 0)."""
     with torch.no_grad():
         base = _score_fn(score)(model)[metric]
     rows = []
     for name, components in groups.items():
         value = evaluate_ablated(model, score, components, method, reference, seed)[metric]
         rows.append({"ablated": name, "n": len(components), "score": value, "drop": base - value,
-                     "relative drop": 1 - value / base})
+                     "relative drop": 1 - value / base if base else float("nan")})
     return pd.DataFrame(rows)
 
 
