@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from mechlab.analysis.ablation import Component
-from mechlab.modular.heads import classify_heads, classify_pattern, eq_attention, heads_by_class
+from mechlab.modular.heads import (attention_entropy, classify_heads, classify_pattern, eq_attention, heads_by_class,
+                                   label_agreement)
 from mechlab.core.model import ModelConfig, build_model
 from mechlab.modular.task import vocab
 
@@ -47,3 +48,18 @@ def test_heads_by_class_groups_components_alphabetically():
     groups = heads_by_class(classes)
     assert list(groups) == ["attends-a", "self", "spread"]
     assert groups["spread"] == [Component("head", 0, 0), Component("head", 1, 0)]
+
+
+def test_label_agreement_counts_single_inputs_with_the_same_class():
+    patterns = torch.zeros(4, 1, 2, 4)
+    patterns[:, 0, 0] = torch.tensor([0.9, 0.0, 0.1, 0.0])  # head 0 always attends to a
+    patterns[:, 0, 1] = torch.tensor([0.1, 0.0, 0.9, 0.0])  # head 1 attends to b ...
+    patterns[3, 0, 1] = torch.tensor([0.3, 0.3, 0.3, 0.1])  # ... except on the last input
+    classes = {(0, 0): "attends-a", (0, 1): "attends-b"}
+    assert label_agreement(patterns, classes, every=1) == {(0, 0): 1.0, (0, 1): 0.75}
+    assert label_agreement(patterns, classes, every=2) == {(0, 0): 1.0, (0, 1): 1.0}  # inputs 0 and 2
+
+
+def test_attention_entropy():
+    mass = torch.tensor([[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]])
+    assert torch.allclose(attention_entropy(mass), torch.tensor([torch.log(torch.tensor(4.0)).item() / 2]), atol=1e-6)

@@ -52,3 +52,17 @@ def heads_by_class(classes: dict[tuple[int, int], str]) -> dict[str, list[Compon
     """{class: its heads as ablation `Component`s}, classes in alphabetical order."""
     return {cls: [Component("head", layer, head) for (layer, head), c in classes.items() if c == cls]
             for cls in sorted(set(classes.values()))}
+
+
+def label_agreement(patterns: torch.Tensor, classes: dict[tuple[int, int], str], threshold: float = 0.6,
+                    every: int = 10) -> dict[tuple[int, int], float]:
+    """{(layer, head): share of single inputs whose own pattern gets the head's class}, over every
+    `every`-th input of `patterns` [n, n_layers, n_heads, 4] (how stable the averaged label is)."""
+    per_input = [classify_heads(patterns[i], threshold) for i in range(0, len(patterns), every)]
+    return {key: sum(c[key] == cls for c in per_input) / len(per_input) for key, cls in classes.items()}
+
+
+def attention_entropy(mass: torch.Tensor) -> torch.Tensor:
+    """[n_layers] mean entropy (nats) of the heads' attention mass [n_layers, n_heads, 4] from '='
+    (ln 4 = 1.386 for uniform attention, 0 for one position)."""
+    return -(mass * (mass + 1e-9).log()).sum(-1).mean(-1)
