@@ -1,25 +1,22 @@
-"""Zero / mean / resample ablation on a tiny random model, scored by arithmetic.evaluate_split."""
+"""Zero / mean / resample ablation on a tiny random model, scored by any score function; the
+backup and group-specific rules on hand-made tables."""
+from functools import partial
+
+import pandas as pd
 import pytest
 import torch
 
-from mechlab.analysis.ablation import (Component, ablation_hooks, ablation_sweep, all_components, evaluate_ablated, heads,
-                              impact_class, pairwise_ablation, reference_activations)
-from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
+from mechlab.analysis.ablation import (Component, ablation_hooks, ablation_sweep, all_components, backup_pairs,
+                                       evaluate_ablated, excess_matrix, group_ablation, group_drops, group_specific,
+                                       heads, impact_class, pairwise_ablation, redundant_heads, reference_activations)
 from mechlab.arithmetic.data import bucket_of
-from mechlab.core.model import ModelConfig, build_model
+from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
-
-TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
 
 
 def split(pairs):
     return ArithmeticSplit.from_rows([{"a": a, "b": b, "m": 113, "prompt": f"{a} + {b} mod 113 =",
                                        "answer": str((a + b) % 113), "bucket": bucket_of(a, b)} for a, b in pairs])
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_model(TINY, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +26,24 @@ def data():
     return split(ab[:30]), split(ab[30:])
 
 
-def test_components():
-    comps = all_components(TINY)
+def mlp1_norm(model) -> dict[str, float]:
+    """A score that only MLP 1 can change: the size of its output on a fixed input (a hand-made
+    'accuracy' of 1.0 while MLP 1 writes anything at all)."""
+    tokens = torch.arange(8)[None] % model.cfg.d_vocab
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
+    norm = cache["blocks.1.hook_mlp_out"].norm().item()
+    return {"acc": float(norm > 0), "norm": norm}
+
+
+def test_components(tiny_config):
+    comps = all_components(tiny_config)
     assert [c.name for c in comps] == ["L0H0", "L0H1", "L1H0", "L1H1", "MLP0", "MLP1", "layer0", "layer1"]
     assert Component("layer", 1).hook_names() == ["blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
 
 
-def test_hooks_set_the_right_values(model, data):
+def test_hooks_set_the_right_values(tiny_model, data):
     test, ref_split = data
-    ref = reference_activations(model, ref_split)
+    ref = reference_activations(tiny_model, ref_split.tokens[:, :MODEL_INPUT_LEN])
     tokens = test.tokens[:, :MODEL_INPUT_LEN]
     comp = Component("head", 1, 0)
     for method in ("zero", "mean", "resample"):
@@ -48,7 +54,7 @@ def test_hooks_set_the_right_values(model, data):
 
         hooks = ablation_hooks([comp], method, ref) + [("blocks.1.attn.hook_z", grab)]
         with torch.no_grad():
-            model.run_with_hooks(tokens, fwd_hooks=hooks)
+            tiny_model.run_with_hooks(tokens, fwd_hooks=hooks)
         z = seen["z"]
         if method == "zero":
             assert (z[:, :, 0] == 0).all()
@@ -57,38 +63,73 @@ def test_hooks_set_the_right_values(model, data):
         else:  # every row is some reference row's value
             r = ref["blocks.1.attn.hook_z"][:, :, 0]
             assert all(any(torch.equal(row, rr) for rr in r) for row in z[:, :, 0])
-        _, cache = model.run_with_cache(tokens)
+        _, cache = tiny_model.run_with_cache(tokens)
         assert torch.allclose(z[:, :, 1], cache["blocks.1.attn.hook_z"][:, :, 1])  # other head untouched
 
 
-def test_whole_layer_zero_ablation_removes_its_writes(model, data):
+def test_whole_layer_zero_ablation_removes_its_writes(tiny_model, data):
     test, _ = data
     tokens = test.tokens[:, :MODEL_INPUT_LEN]
-    with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks([Component("layer", 1)], "zero")):
-        logits, cache = model.run_with_cache(tokens)
+    with torch.no_grad(), tiny_model.hooks(fwd_hooks=ablation_hooks([Component("layer", 1)], "zero")):
+        logits, cache = tiny_model.run_with_cache(tokens)
     assert torch.allclose(cache["blocks.1.hook_resid_post"], cache["blocks.1.hook_resid_pre"])
 
 
-def test_resample_is_the_same_on_every_call(model, data):
+def test_resample_is_the_same_on_every_call(tiny_model, data):
     test, ref_split = data
-    ref = reference_activations(model, ref_split)
-    a = evaluate_ablated(model, test, [Component("mlp", 0)], "resample", ref, seed=3)
-    b = evaluate_ablated(model, test, [Component("mlp", 0)], "resample", ref, seed=3)
+    ref = reference_activations(tiny_model, ref_split.tokens[:, :MODEL_INPUT_LEN])
+    score = partial(evaluate_split, split=test, prefix="ablated")
+    a = evaluate_ablated(tiny_model, score, [Component("mlp", 0)], "resample", ref, seed=3)
+    b = evaluate_ablated(tiny_model, score, [Component("mlp", 0)], "resample", ref, seed=3)
     assert a == b
     # teacher-forced and greedy exact match agree under ablation too
-    g = evaluate_ablated(model, test, [Component("mlp", 0)], "resample", ref, seed=3, greedy=True)
+    greedy = partial(evaluate_split, split=test, prefix="ablated", greedy=True)
+    g = evaluate_ablated(tiny_model, greedy, [Component("mlp", 0)], "resample", ref, seed=3)
     assert g["ablated_exact"] == a["ablated_exact"]
 
 
-def test_sweep_and_pairs(model, data):
+def test_the_score_sees_the_ablation_and_only_while_it_lasts(tiny_model):
+    assert mlp1_norm(tiny_model)["acc"] == 1.0
+    assert evaluate_ablated(tiny_model, mlp1_norm, [Component("mlp", 0)], "zero")["acc"] == 1.0
+    assert evaluate_ablated(tiny_model, mlp1_norm, [Component("mlp", 1)], "zero")["acc"] == 0.0
+    assert evaluate_ablated(tiny_model, mlp1_norm, [Component("layer", 1)], "zero")["acc"] == 0.0
+    assert mlp1_norm(tiny_model)["acc"] == 1.0  # hooks removed afterwards
+
+
+def test_sweep_drops_exactly_where_the_score_depends(tiny_model):
+    comps = all_components(tiny_model.cfg)
+    df = ablation_sweep(tiny_model, mlp1_norm, comps, ("zero",), metric="acc").set_index("component")
+    assert df.loc["none", "score"] == 1.0 and df.loc["none", "drop"] == 0.0
+    assert df.loc["MLP1", "drop"] == 1.0 and df.loc["layer1", "drop"] == 1.0
+    assert df.loc["MLP1", "impact"] == "critical"
+    others = df.drop(index=["none", "MLP1", "layer1"])
+    assert (others["drop"] == 0.0).all() and (others["impact"] == "redundant").all()
+
+
+def test_a_task_object_is_a_score(tiny_model):
+    class Task:
+        def evaluate(self, model):
+            return mlp1_norm(model)
+
+    groups = {"MLP 1": [Component("mlp", 1)], "both heads of layer 0": heads(tiny_model.cfg)[:2]}
+    table = group_ablation(tiny_model, Task(), groups, "zero", metric="acc")
+    assert table["ablated"].tolist() == ["MLP 1", "both heads of layer 0"] and table["n"].tolist() == [1, 2]
+    assert table["score"].tolist() == [0.0, 1.0] and table["relative drop"].tolist() == [1.0, 0.0]
+
+
+def test_sweep_and_pairs_on_the_arithmetic_score(tiny_model, tiny_config, data):
     test, ref_split = data
-    ref = reference_activations(model, ref_split)
-    df = ablation_sweep(model, test, heads(TINY), ("zero", "mean"), ref)
+    ref = reference_activations(tiny_model, ref_split.tokens[:, :MODEL_INPUT_LEN])
+    score = partial(evaluate_split, split=test, prefix="ablated")
+    buckets = sorted({r["bucket"] for r in test.rows})
+    df = ablation_sweep(tiny_model, score, heads(tiny_config), ("zero", "mean"), ref, metric="ablated_exact",
+                        groups=buckets)
     assert len(df) == 1 + 2 * 4
-    base = evaluate_split(model, test, "x")["x_exact"]
-    assert df.loc[df.component == "none", "exact"].item() == base
-    assert {"drop", "impact"} <= set(df.columns) and any(c.startswith("drop/") for c in df.columns)
-    pairs = pairwise_ablation(model, test, heads(TINY)[:3], "zero", ref, single=df)
+    base = evaluate_split(tiny_model, test, "x")
+    assert df.loc[df.component == "none", "score"].item() == base["x_exact"]
+    assert [c for c in df.columns if c.startswith("drop/")] == [f"drop/{b}" for b in buckets]
+    assert df.loc[df.component == "none", f"score/{buckets[0]}"].item() == base[f"x_exact/{buckets[0]}"]
+    pairs = pairwise_ablation(tiny_model, score, heads(tiny_config)[:3], "zero", ref, single=df, metric="ablated_exact")
     assert len(pairs) == 3
     row = pairs.iloc[0]
     assert row["excess"] == pytest.approx(row["drop_pair"] - row["drop_a"] - row["drop_b"])
@@ -98,8 +139,45 @@ def test_impact_class():
     assert impact_class(0.5) == "critical" and impact_class(0.05) == "moderate" and impact_class(0.0) == "redundant"
 
 
-def test_unknown_method():
-    with pytest.raises(ValueError):
+def test_unknown_method_and_missing_reference():
+    with pytest.raises(ValueError, match="unknown method 'noise'"):
         ablation_hooks([Component("mlp", 0)], "noise")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mean ablation needs reference activations"):
         ablation_hooks([Component("mlp", 0)], "mean")
+
+
+def sweep_table():
+    """A hand-made mean-ablation sweep of four heads over two buckets."""
+    return pd.DataFrame([
+        {"component": "L0H0", "kind": "head", "method": "mean", "drop": 0.30, "impact": "critical",
+         "drop/wrap": 0.30, "drop/no_wrap": 0.30},
+        {"component": "L0H1", "kind": "head", "method": "mean", "drop": 0.015, "impact": "redundant",
+         "drop/wrap": 0.05, "drop/no_wrap": 0.0},
+        {"component": "L1H0", "kind": "head", "method": "mean", "drop": 0.001, "impact": "redundant",
+         "drop/wrap": 0.0, "drop/no_wrap": 0.0},
+        {"component": "L1H1", "kind": "head", "method": "mean", "drop": 0.01, "impact": "redundant",
+         "drop/wrap": 0.019, "drop/no_wrap": 0.0},
+        {"component": "MLP0", "kind": "mlp", "method": "mean", "drop": 0.0, "impact": "redundant",
+         "drop/wrap": 0.5, "drop/no_wrap": 0.0},
+    ])
+
+
+def test_redundant_heads_largest_drop_first():
+    assert redundant_heads(sweep_table(), "mean", max_heads=2) == ["L0H1", "L1H1"]
+    assert redundant_heads(sweep_table(), "zero", max_heads=2) == []
+
+
+def test_group_specific_heads_hurt_a_group_but_spare_the_control():
+    drops = group_drops(sweep_table(), ["wrap", "no_wrap"])
+    assert list(drops.index) == ["L0H0", "L0H1", "L1H0", "L1H1"]  # heads only
+    assert group_specific(drops, ["wrap"], control="no_wrap", threshold=0.02) == ["L0H1"]
+    assert group_specific(drops, ["wrap"], control="no_wrap", threshold=0.01) == ["L0H1", "L1H1"]
+
+
+def test_backup_pairs_and_excess_matrix():
+    pairs = pd.DataFrame([{"a": "L0H1", "b": "L1H0", "excess": 0.01}, {"a": "L0H1", "b": "L1H1", "excess": 0.03},
+                          {"a": "L1H0", "b": "L1H1", "excess": 0.20}])
+    backups = backup_pairs(pairs, threshold=0.02)
+    assert list(zip(backups["a"], backups["b"])) == [("L1H0", "L1H1"), ("L0H1", "L1H1")]
+    mat = excess_matrix(pairs, ["L0H1", "L1H0", "L1H1"])
+    assert mat.loc["L1H1", "L1H0"] == mat.loc["L1H0", "L1H1"] == 0.20 and mat.loc["L0H1", "L0H1"] == 0.0

@@ -1,15 +1,17 @@
-"""Direct logit attribution and the logit lens on a tiny random model."""
+"""Direct logit attribution and the logit lens on a tiny random model, read at the arithmetic
+task's answer positions; the table helpers on hand-made inputs."""
+import pandas as pd
+import pytest
 import torch
 
-from mechlab.arithmetic.task import ArithmeticSplit
-from mechlab.analysis.attribution import (DIGIT_IDS, answer_digit_targets, direct_logit_attribution, logit_lens, mean_by_bucket,
-                                 top_wrong_digit)
+from mechlab.analysis.attribution import (DLAResult, LogitLensResult, direct_logit_attribution, head_mean_abs_by_layer,
+                                          head_rows, logit_lens, mean_by_bucket, median_first_point, point_names,
+                                          top_correct_by, top_other)
 from mechlab.arithmetic.data import bucket_of
-from mechlab.core.model import ModelConfig, build_model
-from mechlab.arithmetic.tokenizer import EQUALS_POS
-from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
+from mechlab.arithmetic.task import ArithmeticSplit
+from mechlab.arithmetic.tokenizer import ANSWER_START, DIGIT_IDS, EQUALS_POS, MAX_ANSWER_DIGITS, MODEL_INPUT_LEN
 
-TINY = ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=19, n_ctx=32)
+POSITIONS = range(EQUALS_POS, EQUALS_POS + MAX_ANSWER_DIGITS)  # '=' and the first two answer digits
 
 
 def split():
@@ -18,49 +20,58 @@ def split():
                                        "answer": str((a + b) % 113), "bucket": bucket_of(a, b)} for a, b in pairs])
 
 
-def test_targets():
-    s = split()
-    ids, valid = answer_digit_targets(s.tokens)
-    assert valid.sum(1).tolist() == [len(r["answer"]) for r in s.rows]
-    assert ids[1].tolist() == [1, 1, 2]  # "112"; digit tokens have ids 0..9
+def answer_digits(s: ArithmeticSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    digits = s.tokens[:, ANSWER_START:ANSWER_START + MAX_ANSWER_DIGITS]
+    return digits, torch.isin(digits, DIGIT_IDS)
 
 
-def test_top_wrong_digit():
+def test_top_other_picks_the_best_candidate_but_the_target():
     logits = torch.zeros(1, 1, 19)
     logits[0, 0, 3], logits[0, 0, 5], logits[0, 0, 17] = 5.0, 4.0, 9.0  # 17 is not a digit
-    assert top_wrong_digit(logits, torch.tensor([[3]])).item() == 5
-    assert top_wrong_digit(logits, torch.tensor([[5]])).item() == 3
+    assert top_other(logits, torch.tensor([[3]]), DIGIT_IDS).item() == 5
+    assert top_other(logits, torch.tensor([[5]]), DIGIT_IDS).item() == 3
+    assert top_other(logits, torch.tensor([[5]]), torch.arange(19)).item() == 17
 
 
-def test_dla_terms_add_up_to_the_logits():
-    model = build_model(TINY, device="cpu")
+def test_dla_terms_add_up_to_the_logits(tiny_model):
     s = split()
-    dla = direct_logit_attribution(model, s.tokens, batch_size=4)
+    digits, valid = answer_digits(s)
+    dla = direct_logit_attribution(tiny_model, s.tokens[:, :MODEL_INPUT_LEN], POSITIONS, digits, candidate_ids=DIGIT_IDS,
+                                   valid=valid, batch_size=4)
     assert dla.labels[:3] == ["embed", "pos_embed", "L0H0"] and dla.labels[-1] == "MLP1" and "attn_bias" in dla.labels
     assert dla.correct.shape == (6, len(dla.labels), 3)
     recon = dla.correct.sum(1) + dla.constant_correct
     actual = dla.logits.gather(-1, dla.correct_ids[..., None])[..., 0]
-    assert torch.allclose(recon, actual, atol=1e-4)
+    assert torch.allclose(recon, actual, atol=1e-10)
     recon_w = dla.wrong.sum(1) + dla.constant_wrong
-    assert torch.allclose(recon_w, dla.logits.gather(-1, dla.wrong_ids[..., None])[..., 0], atol=1e-4)
+    assert torch.allclose(recon_w, dla.logits.gather(-1, dla.wrong_ids[..., None])[..., 0], atol=1e-10)
     assert not (dla.wrong_ids == dla.correct_ids).any() and torch.isin(dla.wrong_ids, DIGIT_IDS).all()
+    assert dla.valid.sum(1).tolist() == [len(r["answer"]) for r in s.rows]
     table = mean_by_bucket(dla, s.rows)
     assert set(table.columns) == {"bucket", "answer_pos", "component", "value"}
     assert table["answer_pos"].max() == 2  # "112" has a third digit
 
 
-def test_logit_lens():
-    model = build_model(TINY, device="cpu")
+def test_dla_at_the_last_position_of_a_single_token_task(tiny_model):
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    dla = direct_logit_attribution(tiny_model, tokens, [-1], torch.tensor([[3], [9]]))
+    logits = tiny_model(tokens)[:, -1]
+    assert torch.allclose(dla.logits[:, 0], logits)
+    assert torch.allclose(dla.correct.sum(1)[:, 0] + dla.constant_correct[:, 0], logits[[0, 1], [3, 9]], atol=1e-10)
+    assert dla.valid.all()
+
+
+def test_logit_lens(tiny_model, tiny_config):
     s = split()
-    lens = logit_lens(model, s.tokens, batch_size=4)
-    assert lens.labels[-1] == "final_post" or len(lens.labels) == 1 + 2 * TINY.n_layers
+    digits, valid = answer_digits(s)
+    lens = logit_lens(tiny_model, s.tokens[:, :MODEL_INPUT_LEN], POSITIONS, digits, valid=valid, batch_size=4)
+    assert len(lens.labels) == 2 + 2 * tiny_config.n_layers - 1 and lens.labels[-1] == "final_post"
     n_points = len(lens.labels)
     assert lens.top_is_correct.shape == (6, n_points, 3)
     # the last point is the model's own output: top correct there iff the model's argmax is correct
     with torch.no_grad():
-        logits = model(s.tokens[:, :MODEL_INPUT_LEN])[:, EQUALS_POS:EQUALS_POS + 3]
-    ids, _ = answer_digit_targets(s.tokens)
-    assert torch.equal(lens.top_is_correct[:, -1], logits.argmax(-1) == ids)
+        logits = tiny_model(s.tokens[:, :MODEL_INPUT_LEN])[:, EQUALS_POS:EQUALS_POS + 3]
+    assert torch.equal(lens.top_is_correct[:, -1], logits.argmax(-1) == digits)
     # first_point: -1 or a point from which every later point is correct
     for i in range(6):
         for k in range(3):
@@ -71,3 +82,61 @@ def test_logit_lens():
             else:
                 assert not lens.top_is_correct[i, -1, k]
     assert {"first_point", "first_label", "bucket"} <= set(lens.first_point_table(s.rows).columns)
+
+
+def test_logit_lens_candidates_restrict_the_top_prediction(tiny_model):
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    logits = tiny_model(tokens)[:, -1]
+    best_digit = DIGIT_IDS[logits[:, DIGIT_IDS].argmax(-1)]
+    lens = logit_lens(tiny_model, tokens, [-1], best_digit[:, None], candidate_ids=DIGIT_IDS)
+    assert lens.top_is_correct[:, -1, 0].all() and lens.accuracy()["final_post"] == 1.0
+
+
+def hand_made_lens() -> LogitLensResult:
+    """4 rows, 3 points, 2 positions; row 3 has no second position."""
+    top = torch.tensor([[[0, 0], [1, 0], [1, 1]],
+                        [[1, 1], [1, 1], [1, 1]],
+                        [[0, 0], [0, 0], [0, 1]],
+                        [[0, 0], [0, 1], [1, 1]]], dtype=torch.bool)
+    first = torch.tensor([[1, 2], [0, 0], [-1, 2], [2, 1]])
+    valid = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    return LogitLensResult(["0_pre", "0_mid", "final_post"], top, torch.zeros(4, 3, 2), first, valid)
+
+
+def test_top_correct_by_group():
+    table = top_correct_by(hand_made_lens(), ["x", "x", "y", "y"]).set_index(["answer_pos", "group", "point"])
+    assert table.loc[(0, "x", "0_mid"), "top_is_correct"] == 1.0
+    assert table.loc[(0, "y", "final_post"), "top_is_correct"] == 0.5
+    assert table.loc[(1, "y", "final_post"), "top_is_correct"] == 1.0  # row 3's second position is not counted
+    assert len(table) == 2 * 2 * 3
+
+
+def test_median_first_point():
+    labels = ["0_pre", "0_mid", "final_post"]
+    assert median_first_point([0, 2, 2], labels) == "final_post"
+    assert median_first_point([-1, -1], labels) == "never"
+    assert median_first_point([1, -1, -1], labels) == "0_mid"
+    assert median_first_point([1, -1, -1], labels, min_share=0.5, never="never (for most)") == "never (for most)"
+    assert median_first_point([1, 1, -1], labels, min_share=0.5) == "0_mid"
+
+
+def test_point_names():
+    assert point_names(["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]) == [
+        "embeddings", "layer 0 attention", "layer 0 MLP", "layer 1 attention", "layer 1 MLP"]
+
+
+def test_head_rows_by_layer():
+    table = pd.DataFrame({"component": ["embed", "L0H0", "L0H1", "L1H0", "MLP0", "L10H2"],
+                          "value": [5.0, -1.0, 3.0, 2.0, 7.0, 1.0]})
+    assert head_rows(table)["layer"].tolist() == [0, 0, 1, 10]
+    assert head_mean_abs_by_layer(table).to_dict() == {0: 2.0, 1: 2.0, 10: 1.0}
+
+
+def test_dla_table_keeps_valid_positions_only():
+    n, c, k = 2, 3, 2
+    ones = torch.ones(n, c, k)
+    dla = DLAResult(["a", "b", "c"], 2 * ones, ones, torch.zeros(n, k), torch.zeros(n, k), torch.zeros(n, k),
+                    torch.zeros(n, k), torch.tensor([[True, True], [True, False]]), torch.zeros(n, k, 5))
+    table = dla.table([{"bucket": "x"}, {"bucket": "y"}])
+    assert len(table) == 3 * c and (table["value"] == 1.0).all()
+    assert mean_by_bucket(dla, [{"bucket": "x"}, {"bucket": "y"}], "correct")["value"].tolist() == pytest.approx([2.0] * 9)

@@ -1,12 +1,14 @@
-"""Head classification for the 3-layer a + b = model: the rule on hand-made patterns, and the
-attention read-out and ablation hook on a tiny untrained model (seconds)."""
+"""Head classification for the 3-layer a + b = model: the rule on hand-made patterns, the grouping
+into ablation components, and the attention read-out on a tiny untrained model (seconds)."""
 from __future__ import annotations
 
 import torch
 
-from mechlab.modular.heads import classify_heads, classify_pattern, eq_attention, head_ablation_hook
+from mechlab.analysis.ablation import Component
+from mechlab.modular.heads import (attention_entropy, classify_heads, classify_pattern, eq_attention, heads_by_class,
+                                   label_agreement)
 from mechlab.core.model import ModelConfig, build_model
-from mechlab.modular.task import encode, vocab
+from mechlab.modular.task import vocab
 
 P = 7
 
@@ -41,13 +43,23 @@ def test_eq_attention_is_a_distribution_over_the_four_positions():
     assert torch.allclose(pattern.sum(-1), torch.ones(2, 3, 4), atol=1e-5)
 
 
-def test_mean_ablation_hook_replaces_only_the_chosen_heads():
-    model = tiny_model()
-    x = encode(torch.tensor([[1, 2], [3, 4], [0, 6]]), "three_layer", P)
-    _, cache = model.run_with_cache(x)
-    z = cache["blocks.1.attn.hook_z"]
-    means = z.mean(0)
-    out = head_ablation_hook([2], "mean", means)(z)
-    assert torch.allclose(out[:, :, 2], means[:, 2].expand_as(out[:, :, 2]))
-    assert torch.equal(out[:, :, 0], z[:, :, 0])
-    assert (head_ablation_hook([0, 3], "zero")(z)[:, :, [0, 3]] == 0).all()
+def test_heads_by_class_groups_components_alphabetically():
+    classes = {(0, 0): "spread", (0, 1): "attends-a", (1, 0): "spread", (1, 1): "self"}
+    groups = heads_by_class(classes)
+    assert list(groups) == ["attends-a", "self", "spread"]
+    assert groups["spread"] == [Component("head", 0, 0), Component("head", 1, 0)]
+
+
+def test_label_agreement_counts_single_inputs_with_the_same_class():
+    patterns = torch.zeros(4, 1, 2, 4)
+    patterns[:, 0, 0] = torch.tensor([0.9, 0.0, 0.1, 0.0])  # head 0 always attends to a
+    patterns[:, 0, 1] = torch.tensor([0.1, 0.0, 0.9, 0.0])  # head 1 attends to b ...
+    patterns[3, 0, 1] = torch.tensor([0.3, 0.3, 0.3, 0.1])  # ... except on the last input
+    classes = {(0, 0): "attends-a", (0, 1): "attends-b"}
+    assert label_agreement(patterns, classes, every=1) == {(0, 0): 1.0, (0, 1): 0.75}
+    assert label_agreement(patterns, classes, every=2) == {(0, 0): 1.0, (0, 1): 1.0}  # inputs 0 and 2
+
+
+def test_attention_entropy():
+    mass = torch.tensor([[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]])
+    assert torch.allclose(attention_entropy(mass), torch.tensor([torch.log(torch.tensor(4.0)).item() / 2]), atol=1e-6)

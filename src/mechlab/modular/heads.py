@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from mechlab.analysis.ablation import Component
 from mechlab.modular.task import encode
 
 POSITIONS = ("a", "+", "b", "=")
-CLASSES = ("attends-a", "attends-b", "spread", "self", "attends-+")
 
 
 def eq_attention(model, pairs: torch.Tensor, p: int) -> torch.Tensor:
@@ -47,12 +47,22 @@ def classify_heads(mass: torch.Tensor, threshold: float = 0.6) -> dict[tuple[int
             for layer in range(mass.shape[0]) for head in range(mass.shape[1])}
 
 
-def head_ablation_hook(heads: list[int], mode: str = "mean", means: torch.Tensor | None = None):
-    """A hook on blocks.L.attn.hook_z ([n, pos, head, d_head]) that zero- or mean-ablates `heads`
-    (means: [pos, head, d_head] over a reference set)."""
-    def hook(z, hook=None):
-        z = z.clone()
-        for h in heads:
-            z[:, :, h] = 0.0 if mode == "zero" else means[:, h].to(z.device)
-        return z
-    return hook
+
+def heads_by_class(classes: dict[tuple[int, int], str]) -> dict[str, list[Component]]:
+    """{class: its heads as ablation `Component`s}, classes in alphabetical order."""
+    return {cls: [Component("head", layer, head) for (layer, head), c in classes.items() if c == cls]
+            for cls in sorted(set(classes.values()))}
+
+
+def label_agreement(patterns: torch.Tensor, classes: dict[tuple[int, int], str], threshold: float = 0.6,
+                    every: int = 10) -> dict[tuple[int, int], float]:
+    """{(layer, head): share of single inputs whose own pattern gets the head's class}, over every
+    `every`-th input of `patterns` [n, n_layers, n_heads, 4] (how stable the averaged label is)."""
+    per_input = [classify_heads(patterns[i], threshold) for i in range(0, len(patterns), every)]
+    return {key: sum(c[key] == cls for c in per_input) / len(per_input) for key, cls in classes.items()}
+
+
+def attention_entropy(mass: torch.Tensor) -> torch.Tensor:
+    """[n_layers] mean entropy (nats) of the heads' attention mass [n_layers, n_heads, 4] from '='
+    (ln 4 = 1.386 for uniform attention, 0 for one position)."""
+    return -(mass * (mass + 1e-9).log()).sum(-1).mean(-1)

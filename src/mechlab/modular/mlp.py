@@ -1,5 +1,8 @@
-"""The grokking MLP: embeddings of a and b -> one ReLU hidden layer -> p logits. A plain torch
-module, registered as model kind "modular_mlp" so `core.model.load_checkpoint` rebuilds it."""
+"""The grokking MLP: embeddings of a and b -> one ReLU hidden layer -> p logits. A TransformerLens
+`HookedRootModule` with one hook point, `hook_hidden` (the post-ReLU neurons), so neuron ablations
+are ordinary forward hooks (`model.hooks(fwd_hooks=[("hook_hidden", fn)])`, as in
+`mechlab.analysis.neurons`). Registered as model kind "modular_mlp" so `core.model.load_checkpoint`
+rebuilds it; hook points hold no weights, so the state dict is that of the plain module."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from mechlab.core.model import default_device, register_model_kind
 
@@ -29,8 +34,9 @@ class MLPConfig:
         return cls(**{k: v for k, v in obj.items() if k != "kind"})
 
 
-class ModularMLP(torch.nn.Module):
-    """forward(pairs [n, 2]) -> logits [n, p]. `hidden(pairs)` gives the post-ReLU neurons."""
+class ModularMLP(HookedRootModule):
+    """forward(pairs [n, 2]) -> logits [n, p]. `hidden(pairs)` gives the post-ReLU neurons [n, d_hidden],
+    which the forward pass routes through `hook_hidden`."""
 
     def __init__(self, cfg: MLPConfig):
         super().__init__()
@@ -39,16 +45,15 @@ class ModularMLP(torch.nn.Module):
         self.embed_b = torch.nn.Embedding(cfg.p, cfg.d_embed)
         self.hidden_layer = torch.nn.Linear(2 * cfg.d_embed, cfg.d_hidden)
         self.out = torch.nn.Linear(cfg.d_hidden, cfg.p)
+        self.hook_hidden = HookPoint()  # [n, d_hidden]
+        self.setup()
 
     def hidden(self, pairs: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.embed_a(pairs[:, 0]), self.embed_b(pairs[:, 1])], dim=-1)
         return torch.relu(self.hidden_layer(x))
 
-    def forward(self, pairs: torch.Tensor, hidden_hook=None) -> torch.Tensor:
-        h = self.hidden(pairs)
-        if hidden_hook is not None:  # e.g. zero-ablate neurons: lambda h: h * mask
-            h = hidden_hook(h)
-        return self.out(h)
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hook_hidden(self.hidden(pairs)))
 
 
 def build_mlp(cfg: MLPConfig, device: torch.device | str | None = None) -> ModularMLP:

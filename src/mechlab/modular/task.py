@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from transformer_lens import HookedTransformer
 
 P = 113
 FORMATS = ("pair", "one_layer", "three_layer")
@@ -88,17 +89,23 @@ def _keep_last_position(resid_mid: torch.Tensor, hook=None) -> torch.Tensor:
     return resid_mid[:, -1:, :]
 
 
+def _residue_logits(out: torch.Tensor, p: int) -> torch.Tensor:
+    """[n, p] residue logits from a model's output: a transformer's last position, or the MLP's."""
+    return out[:, -1, :p] if out.dim() == 3 else out[:, :p]
+
+
 def answer_logits(model: torch.nn.Module, inputs: torch.Tensor, p: int = P) -> torch.Tensor:
-    """[n, p] residue logits: the MLP's output, or a transformer's last position.
+    """[n, p] residue logits for training: the MLP's output, or a transformer's last position.
 
     For a HookedTransformer only the last position is read, so the last block's MLP and the
     unembedding run on that position alone (a hook keeps the last row of its resid_mid): the
-    same logits as `model(inputs)[:, -1]`, for about half the compute on short inputs."""
-    if hasattr(model, "run_with_hooks"):
+    same logits as `model(inputs)[:, -1]`, for about half the compute on short inputs. Evaluation
+    (`evaluate_pairs`) runs the full forward pass instead, so that hooks at every position, such
+    as ablations, see what they expect."""
+    if isinstance(model, HookedTransformer):
         hook = f"blocks.{model.cfg.n_layers - 1}.hook_resid_mid"
         return model.run_with_hooks(inputs, fwd_hooks=[(hook, _keep_last_position)])[:, -1, :p]
-    out = model(inputs)
-    return out[:, -1, :p] if out.dim() == 3 else out[:, :p]
+    return _residue_logits(model(inputs), p)
 
 
 def cross_entropy_f64(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -143,26 +150,23 @@ class ModularTask:
         return cross_entropy_f64(answer_logits(model, x, self.p), y)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
-        out: dict[str, float] = {}
-        for name, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
-            logits = answer_logits(model, x.to(device), self.p)
-            y = y.to(device)
-            out[f"{name}_loss" if name == "test" else "train_loss_full"] = cross_entropy_f64(logits, y).item()
-            out[f"{name}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+        pairs = all_pairs(self.p)
+        train = evaluate_pairs(model, pairs[self.split.train], self.fmt, "train", self.p)
+        out = {"train_loss_full": train["train_loss"], "train_acc": train["train_acc"]}
+        out |= evaluate_pairs(model, pairs[self.split.test], self.fmt, "test", self.p)
         out["val_loss"], out["val_acc"] = out["test_loss"], out["test_acc"]
         if self.extra_metrics is not None:
             out.update(self.extra_metrics(model))
         return out
 
 
-def grid_predictions(model: torch.nn.Module, fmt: str, p: int = P, batch: int = 4096) -> torch.Tensor:
-    """[p*p] argmax residue for every pair, in grid order."""
-    x = encode(all_pairs(p), fmt, p).to(next(model.parameters()).device)
-    with torch.no_grad():
-        return torch.cat([answer_logits(model, x[i:i + batch], p).argmax(-1).cpu() for i in range(0, len(x), batch)])
-
-
-def accuracy(model: torch.nn.Module, fmt: str, idx: torch.Tensor, p: int = P) -> float:
-    """Accuracy of `model` on the grid rows `idx`."""
-    return (grid_predictions(model, fmt, p)[idx] == labels(p)[idx]).float().mean().item()
+@torch.no_grad()
+def evaluate_pairs(model: torch.nn.Module, pairs: torch.Tensor, fmt: str, prefix: str, p: int = P) -> dict[str, float]:
+    """The one evaluation of a single-token model: {"<prefix>_loss": cross-entropy (float64),
+    "<prefix>_acc": share of argmax residues that are (a + b) mod p} on `pairs` [n, 2], read from
+    the model's full forward pass (any hooks the model holds apply; see `answer_logits`)."""
+    device = next(model.parameters()).device
+    logits = _residue_logits(model(encode(pairs, fmt, p).to(device)), p)
+    targets = ((pairs[:, 0] + pairs[:, 1]) % p).to(device)
+    return {f"{prefix}_loss": cross_entropy_f64(logits, targets).item(),
+            f"{prefix}_acc": (logits.argmax(-1) == targets).float().mean().item()}
