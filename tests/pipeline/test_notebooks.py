@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import plotly.express as px
@@ -100,7 +101,8 @@ def test_setup_notebook_sets_the_renderer_and_template(monkeypatch):
 
 
 def test_save_figure_writes_png_and_svg_that_are_byte_stable(tmp_path, chromium):
-    fig = px.bar(x=["no_wrap", "large_wrap"], y=[3, 5], title="example")
+    fig = px.bar(x=["no_wrap", "large_wrap"] * 2, y=[3, 5, 4, 6], color=["a", "a", "b", "b"], barmode="group",
+                 title="example")  # two traces and a legend: each carries its own random id in plotly's SVG
     plotting.save_figure(fig, "example", directory=tmp_path)
     png, svg = (tmp_path / "example.png").read_bytes(), (tmp_path / "example.svg").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in svg[:500]
@@ -132,6 +134,10 @@ def test_save_figure_without_a_browser_skips_with_one_line_or_says_how_to_get_on
 
 def test_stable_svg_ids_replace_plotly_random_id_everywhere():
     svg = '<defs id="defs-ab12cd"><clipPath id="clipab12cdxyplot"/></defs><g clip-path="url(#clipab12cdxy)"/>' \
-          '<g id="topdefs-ab12cd"/><path clip-path="url(#legendab12cd)"/>'
+          '<g id="topdefs-ab12cd"/><path clip-path="url(#legendab12cd)"/>' \
+          '<g class="trace scatter trace89478a"/><g class="trace scatter trace640c25"/><g class="trace89478a"/>'
     stable = plotting._stable_svg_ids(svg, "fig")
-    assert "ab12cd" not in stable and stable == plotting._stable_svg_ids(svg.replace("ab12cd", "ff00ee"), "fig")
+    assert "ab12cd" not in stable and "89478a" not in stable and "640c25" not in stable
+    other_run = svg.replace("ab12cd", "ff00ee").replace("89478a", "123abc").replace("640c25", "def456")
+    assert stable == plotting._stable_svg_ids(other_run, "fig")
+    assert len(set(re.findall(r"trace([0-9a-f]{6})", stable))) == 2  # two traces stay two

@@ -51,6 +51,8 @@ BUCKET_COLOURS = {"edge": "#CC79A7", "no_wrap": "#009E73", "single_wrap": "#0072
 SPLIT_COLOURS = {"train": "#0072B2", "val": "#E69F00", "test": "#009E73"}
 DIVERGING_SCALE = "RdBu"  # signed quantities (logit differences, patching effects), centred on 0
 SEQUENTIAL_SCALE = "Viridis"  # non-negative quantities (attention, accuracy)
+# Ablation impact classes (mechlab.analysis.ablation.impact_class), from most to least needed.
+IMPACT_COLOURS = {"critical": "#D55E00", "moderate": "#E69F00", "redundant": "#56B4E9"}
 FIG_WIDTH, FIG_HEIGHT = 800, 450  # static exports; interactive figures fill the cell width
 TEMPLATE_NAME = "mechlab"
 
@@ -179,13 +181,19 @@ def find_browser() -> str | None:
 
 
 def _stable_svg_ids(svg: str, name: str) -> str:
-    """Replace the random id plotly writes into an SVG (defs-<id>, clip<id>..., legend<id>) with
-    one derived from `name`, so the same figure always gives the same bytes."""
-    found = re.search(r'id="defs-([0-9a-f]+)"', svg)
-    if found is None:
-        return svg
-    stable = hashlib.sha256(name.encode()).hexdigest()[:len(found.group(1))]
-    return re.sub(rf"(clip|legend|defs-|topdefs-){found.group(1)}", rf"\g<1>{stable}", svg)
+    """Replace the random ids plotly writes into an SVG (defs-<id>, clip<id>..., legend<id>,
+    g<id>-... gradients, and one trace<id> class per trace) with ids derived from `name` and their
+    order of appearance, so the same figure always gives the same bytes."""
+    def stable(key: str, length: int) -> str:
+        return hashlib.sha256(f"{name}:{key}".encode()).hexdigest()[:length]
+
+    uids = dict.fromkeys(re.findall(r'id="(?:clip|defs-|topdefs-|legend|g)([0-9a-f]{6})', svg))
+    for i, uid in enumerate(uids):
+        svg = re.sub(rf"(?<!#){uid}(?![0-9a-f])", stable(f"id{i}", 6), svg)  # not a colour #rrggbb
+    traces = list(dict.fromkeys(re.findall(r"\btrace([0-9a-f]{6})\b", svg)))
+    for i, trace in enumerate(traces):
+        svg = re.sub(rf"\btrace{trace}\b", f"trace{stable(f'trace{i}', 6)}", svg)
+    return svg
 
 
 def save_figure(fig: go.Figure, name: str, formats: Iterable[str] = ("png", "svg"), directory: Path | None = None,
