@@ -240,9 +240,9 @@ def heatmap(values: Any, x: Sequence | None = None, y: Sequence | None = None, t
     scale = dict(color_continuous_scale=DIVERGING_SCALE, color_continuous_midpoint=0.0) if diverging \
         else dict(color_continuous_scale=SEQUENTIAL_SCALE)
     fig = px.imshow(values, x=x, y=y, title=title, labels=labels or {}, **({"aspect": "auto"} | scale | imshow_kwargs))
-    if facet_labels is not None:
-        for annotation, label in zip(fig.layout.annotations, facet_labels):
-            annotation.text = label
+    if facet_labels is not None:  # px titles facet k "facet_col=k"
+        for annotation in fig.layout.annotations:
+            annotation.text = facet_labels[int(annotation.text.split("=")[-1])]
     if show:
         fig.show()
     if name is not None:
