@@ -6,6 +6,11 @@
 #   make all QUICK=1    the same with every notebook's `quick` parameter True, into reports/quick/
 #   make data           regenerate data/*.jsonl and check them against data/manifest.json
 #   make train          train the main model (resumes runs/main/), export it to checkpoints/main/, evaluate it
+#   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
+#                       three_layer, three_layer_wd01): reproduces its committed checkpoint folder
+#
+# Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
+# (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
 #   make bench          run the benchmarks
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew
 #   make clean-reports  delete the rendered reports
@@ -41,7 +46,9 @@ SRC := $(shell find src -name "*.py" | sort)
 CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 DATA_FILES := $(addprefix data/,$(shell $(PYTHON) -c 'import json; print(" ".join(sorted(json.load(open("data/manifest.json"))["files"])))'))
 
-.PHONY: all venv .venv data train bench test test-fast check-reports clean-reports
+STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01
+
+.PHONY: all venv .venv data train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
 all: $(REPORT_HTML)
 
@@ -58,15 +65,20 @@ $(VENV_STAMP): pyproject.toml
 
 # ---- data and models ---------------------------------------------------------------------------
 $(DATA_FILES) &: data/manifest.json | $(VENV_STAMP)
-	$(PY) -m mechlab.arithmetic.data data
+	$(PY) -m mechlab data data
 
 data: | $(VENV_STAMP)
-	$(PY) -m mechlab.arithmetic.data data
+	$(PY) -m mechlab data data
 
-train: | $(VENV_STAMP) $(DATA_FILES)
-	$(PY) -m mechlab.arithmetic.study train
-	$(PY) -m mechlab.arithmetic.study export
-	$(PY) -m mechlab.arithmetic.study evaluate
+train: train-main
+
+# runs/NAME/ (resumed if interrupted) -> checkpoints/NAME/ (three_layer_wd01: checkpoints/three_layer/wd01/)
+# The committed grokking_transformer run was stopped by hand at epoch 425 (its study note).
+TRAIN_FLAGS_grokking_transformer := --stop-after-steps 425
+train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) $(DATA_FILES)
+	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
+	$(PY) -m mechlab $* export
+	$(PY) -m mechlab $* evaluate
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) $(DATA_FILES)

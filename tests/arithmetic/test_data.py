@@ -133,3 +133,25 @@ def test_adversarial_pairs_share_last_digits_and_differ_in_answer(rows):
 def test_reading_a_missing_file_says_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="make data"):
         D.read_jsonl(tmp_path / "train.jsonl")
+
+
+def test_the_data_command_line_has_help(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-m", "mechlab", "data", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "usage: python -m mechlab data" in out and not (tmp_path / "--help").exists()
+
+
+def test_breakdown_splits_metrics_by_bucket_or_digit_layout():
+    from mechlab.arithmetic.task import breakdown
+
+    metrics = {"test_exact": 0.9, "test_exact/edge": 0.5, "test_exact/no_wrap": 1.0, "test_exact/digits_2+3": 0.8,
+               "ood_edge_exact/edge": 0.1}
+    assert breakdown(metrics, "test", by="bucket") == {"edge": 0.5, "no_wrap": 1.0}
+    assert breakdown(metrics, "test", by="digits") == {"2+3": 0.8}
+    with pytest.raises(ValueError, match="by 'bucket' or 'digits'"):
+        breakdown(metrics, "test", by="sign")

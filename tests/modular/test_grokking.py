@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from mechlab.modular.grokking import crossings, detect_from_history, detect_grokking, progress_measures
+from mechlab.modular.grokking import (circuit_before_test_loss, crossings, detect_from_history, detect_grokking,
+                                      progress_measures)
 from mechlab.core.model import ModelConfig, build_model
 from mechlab.modular.task import make_split, vocab
 
@@ -17,10 +18,15 @@ def sigmoid_curve(epochs, midpoint, width=0.15):
 EPOCHS = [10 * i for i in range(1, 2001)]  # 10 .. 20,000
 
 
+def history(train_acc, test_acc, epochs=EPOCHS):
+    """Training rows as `core.train.train` writes them (step = epoch for full-batch runs)."""
+    return [{"step": e, "train_acc": tr, "test_acc": te} for e, tr, te in zip(epochs, train_acc, test_acc)]
+
+
 def test_delayed_generalisation_is_detected_at_the_right_epochs():
     train = sigmoid_curve(EPOCHS, 300)
     test = sigmoid_curve(EPOCHS, 5000)
-    c = detect_grokking(EPOCHS, train, test)
+    c = detect_grokking(history(train, test))
     assert c is not None
     assert 1000 <= c.train_99 <= 2000 and 4500 <= c.test_50 <= 5500 and c.test_95 > c.test_50
     assert c.delay_ratio > 2
@@ -28,22 +34,20 @@ def test_delayed_generalisation_is_detected_at_the_right_epochs():
 
 def test_a_run_that_never_groks_returns_none():
     train = sigmoid_curve(EPOCHS, 300)
-    assert detect_grokking(EPOCHS, train, [0.01] * len(EPOCHS)) is None
-    assert detect_grokking(EPOCHS, train, [min(0.9, t) for t in sigmoid_curve(EPOCHS, 5000)]) is None  # stalls < 95%
+    assert detect_grokking(history(train, [0.01] * len(EPOCHS))) is None
+    assert detect_grokking(history(train, [min(0.9, t) for t in sigmoid_curve(EPOCHS, 5000)])) is None  # stalls < 95%
 
 
 def test_generalising_with_memorisation_is_not_grokking():
     train = sigmoid_curve(EPOCHS, 300)
     test = sigmoid_curve(EPOCHS, 350)
-    assert detect_grokking(EPOCHS, train, test) is None
-    c = crossings(EPOCHS, train, test)
+    assert detect_grokking(history(train, test)) is None
+    c = crossings(history(train, test))
     assert c.test_95 is not None and c.delay_ratio < 2
 
 
 def test_detect_from_history_reads_training_rows():
-    rows = [{"step": e, "train_acc": tr, "test_acc": te}
-            for e, tr, te in zip(EPOCHS, sigmoid_curve(EPOCHS, 100), sigmoid_curve(EPOCHS, 2000))]
-    c, det = detect_from_history(rows)
+    c, det = detect_from_history(history(sigmoid_curve(EPOCHS, 100), sigmoid_curve(EPOCHS, 2000)))
     assert det == c and c.train_99 < c.test_50
 
 
@@ -59,3 +63,15 @@ def test_progress_measures_run_on_a_tiny_one_layer_model():
     # with every frequency kept, the restricted logits equal the full MLP path: excluded = non-MLP path
     full = progress_measures(model, p, list(range(1, 7)), split.train, split.test)
     assert math.isfinite(full["excluded_loss"])
+
+
+def test_circuit_before_test_loss_orders_the_first_steps_below_the_level():
+    progress = [{"step": 100, "restricted_loss": 3.0, "test_loss": 4.0, "excluded_loss": 1.0},
+                {"step": 200, "restricted_loss": 0.9, "test_loss": 2.0, "excluded_loss": 5.0},
+                {"step": 300, "restricted_loss": 0.1, "test_loss": 0.5, "excluded_loss": 2.0}]
+    assert circuit_before_test_loss(progress) == {"circuit_step": 200, "test_step": 300, "circuit_first": True,
+                                                  "peak_excluded_step": 200}
+    # a level neither loss goes below: no ordering claimed
+    assert circuit_before_test_loss(progress, level=0.05)["circuit_first"] is None
+    # both cross at the same evaluation: not "before"
+    assert circuit_before_test_loss(progress, level=0.6)["circuit_first"] is False

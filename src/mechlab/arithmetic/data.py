@@ -14,6 +14,7 @@ three splits therefore have the same bucket mix, and no pair appears twice.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from dataclasses import dataclass
@@ -203,11 +204,13 @@ def verify_against_manifest(data_dir: Path) -> list[str]:
             if not (data_dir / name).exists() or sha256_file(data_dir / name) != info["sha256"]]
 
 
-def main() -> None:
-    """`python -m mechlab.arithmetic.data [DATA_DIR]`: regenerate the data and check it against the manifest."""
-    import sys
-
-    data_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "data")
+def main(argv: list[str] | None = None) -> None:
+    """`python -m mechlab data [DATA_DIR]`: regenerate the data and check it against the manifest."""
+    parser = argparse.ArgumentParser(prog="python -m mechlab data",
+                                     description="Regenerate the main task's data sets and check them against "
+                                                 "DATA_DIR/manifest.json (written if missing).")
+    parser.add_argument("data_dir", nargs="?", type=Path, default=Path("data"), help="default: data")
+    data_dir = parser.parse_args(argv).data_dir
     manifest = write_datasets(data_dir)
     if not (data_dir / "manifest.json").exists():
         write_manifest(data_dir, manifest)
@@ -216,6 +219,3 @@ def main() -> None:
         raise SystemExit(f"regenerated files differ from {data_dir}/manifest.json: {mismatched}")
     print(f"wrote {len(manifest['files'])} files to {data_dir}/, all match manifest.json")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,30 +1,32 @@
-"""The main study's training recipe and its command line.
+"""The main study (`a + b mod 113 =` as characters): its training recipe, the recipe variants of
+notebook 01, and the analysis notebooks' model loader. Registered as study "main":
 
-    python -m mechlab.arithmetic.study train  [--quick] [--run-dir runs/main]   # resumes if interrupted
-    python -m mechlab.arithmetic.study export [--run-dir runs/main] [--out checkpoints/main]
-    python -m mechlab.arithmetic.study evaluate [--checkpoint checkpoints/main/model.pt]
-    python -m mechlab.arithmetic.study sweep  [--variant NAME ...] [--out checkpoints/main]   # notebook 01's variants
+    python -m mechlab main train  [--quick] [--run-dir runs/main]   # resumes if interrupted
+    python -m mechlab main export [--run-dir runs/main] [--out checkpoints/main]
+    python -m mechlab main evaluate [--out checkpoints/main]        # writes final_eval.json there
+    python -m mechlab main sweep  [--variant NAME ...] [--out checkpoints/main]   # notebook 01's variants
 
 `make train` runs train, export and evaluate; `make all` uses the committed `checkpoints/main/`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, main_model_config
 from mechlab.core.io import load_torch_file, write_json_atomic
-from mechlab.core.model import build_model, count_parameters, load_checkpoint, save_checkpoint
-from mechlab.core.train import TrainConfig, TrainResult, load_history, train
+from mechlab.core.model import build_model, load_checkpoint
+from mechlab.core.runs import first_reaching
+from mechlab.core.studies import Study, register_study
+from mechlab.core.train import TrainConfig, TrainResult, train
 
 BATCH_SIZE = 128
-# Training-time sampling weight per bucket. The scarce, easy buckets carry the first learning
-# signal (see shared/notes/main-task-training-probes.md), so they are drawn more often.
+# Training-time sampling weight per bucket. The scarce, easy buckets carry the first learning signal
+# (early probes: with uniform sampling only ~0.6% of pairs have a + b < 113 and exact match stayed
+# at ~1% for 8 epochs; with the scarce buckets included the model left its plateau after ~2 epochs),
+# so they are drawn more often.
 BUCKET_WEIGHTS = {"no_wrap": 2.0, "single_wrap": 1.5, "edge": 1.0, "large_wrap": 1.0}
 # Linear warm-up, then cosine decay from 1e-3 to its floor (1e-5) at step 28,000. The validation exact
 # match climbs mostly in the last third, while the learning rate is low (notebook 01). The patience
@@ -44,10 +46,10 @@ FIRST_RECIPE = dataclasses.replace(TRAIN_CONFIG, max_steps=12_000, min_lr_frac=0
 SWEEP_STEPS = 2_000
 RECIPE_VARIANTS: dict[str, tuple[str, dict]] = {
     "uniform_sampling": ("uniform sampling (no bucket weights)", {"bucket_weights": None}),
-    "seed_lr": ("lr 3e-4 (the seed's)", {"lr": 3e-4}),
+    "seed_lr": ("lr 3e-4 (the seed's)", {"lr": 3e-4}),  # the original spec's lr (description as committed)
 }
-QUICK_TRAIN_CONFIG = dataclasses.replace(TRAIN_CONFIG, max_steps=40, warmup_steps=10, eval_every=20, checkpoint_every=20)
 QUICK_SPLIT_LIMIT = 512  # quick mode trains and validates on the first rows only
+TRAIN_EVAL_SIZE = 2000  # training rows the task evaluates on (train_exact) at each evaluation
 EVAL_SETS = ("test", "ood_4digit", "ood_mod97", "ood_mod127", "ood_edge", "ood_adversarial")
 
 
@@ -59,7 +61,7 @@ def make_task(data_dir: Path, quick: bool = False, bucket_weights: dict[str, flo
     train_split = ArithmeticSplit.load(data_dir, "train", limit)
     val_split = ArithmeticSplit.load(data_dir, "val", limit)
     return ArithmeticTask(train_split, val_split, BATCH_SIZE, seed=TRAIN_CONFIG.seed, bucket_weights=bucket_weights,
-                          train_eval_size=limit or 2000, length_balance=length_balance, rebalance_from=rebalance_from)
+                          train_eval_size=limit or TRAIN_EVAL_SIZE, length_balance=length_balance, rebalance_from=rebalance_from)
 
 
 def train_main(data_dir: Path, run_dir: Path, quick: bool = False, progress: bool = True,
@@ -71,13 +73,9 @@ def train_main(data_dir: Path, run_dir: Path, quick: bool = False, progress: boo
     the resumed step on, `min_lr_frac` its floor; `stop_after_steps` pauses the run at that step;
     `length_balance` and `rebalance_from` go to `make_task`.
     """
-    cfg = QUICK_TRAIN_CONFIG if quick else TRAIN_CONFIG
     overrides = {"max_steps": max_steps, "decay_steps": decay_steps, "min_lr_frac": min_lr_frac}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    model = build_model(main_model_config(seed=cfg.seed))
-    print(f"main model: {count_parameters(model):,} parameters")
-    task = make_task(data_dir, quick, length_balance=length_balance, rebalance_from=rebalance_from)
-    return train(model, task, cfg, run_dir, progress=progress, stop_after_steps=stop_after_steps)
+    return MAIN.train(run_dir, quick, progress, stop_after_steps, {k: v for k, v in overrides.items() if v is not None},
+                      data_dir=data_dir, length_balance=length_balance, rebalance_from=rebalance_from)
 
 
 def train_variant(name: str, data_dir: Path, run_root: Path, quick: bool = False, progress: bool = True) -> TrainResult:
@@ -87,16 +85,11 @@ def train_variant(name: str, data_dir: Path, run_root: Path, quick: bool = False
         raise ValueError(f"unknown recipe variant {name!r}; choose from {sorted(RECIPE_VARIANTS)}")
     changes = dict(RECIPE_VARIANTS[name][1])
     bucket_weights = changes.pop("bucket_weights", BUCKET_WEIGHTS)
-    cfg = dataclasses.replace(QUICK_TRAIN_CONFIG if quick else FIRST_RECIPE, **changes)
+    cfg = dataclasses.replace(MAIN.recipe(quick=True) if quick else FIRST_RECIPE, **changes)
     model = build_model(main_model_config(seed=cfg.seed))
-    steps = QUICK_TRAIN_CONFIG.max_steps if quick else SWEEP_STEPS
+    steps = cfg.max_steps if quick else SWEEP_STEPS
     return train(model, make_task(data_dir, quick, bucket_weights), cfg, Path(run_root) / name, progress=progress,
                  stop_after_steps=steps)
-
-
-def first_reaching(history: list[dict], metric: str, target: float) -> dict | None:
-    """The first metrics row whose `metric` is >= `target`, or None."""
-    return next((row for row in history if row.get(metric, -1.0) >= target), None)
 
 
 def continuation_part(history: list[dict], parent: list[dict], metric: str = "val_exact") -> list[dict]:
@@ -134,19 +127,6 @@ def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[fl
     return table
 
 
-def export_run(run_dir: Path, out_dir: Path) -> Path:
-    """Copy a run's final weights, config and metrics history into `out_dir` (the committed layout:
-    model.pt, config.json, train_config.json, metrics.json). Returns the model path."""
-    last = load_torch_file(Path(run_dir) / "last.pt")
-    model = build_model(main_model_config(), device="cpu")
-    model.load_state_dict(last["state_dict"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, main_model_config(), out_dir / "model.pt", extra={"step": last["step"]})
-    write_json_atomic(out_dir / "metrics.json", load_history(run_dir))
-    shutil.copyfile(Path(run_dir) / "train_config.json", out_dir / "train_config.json")
-    return out_dir / "model.pt"
-
-
 def load_analysis_model(checkpoint, allow_random: bool = False, device: str = "cpu"):
     """The main model for the analysis notebooks (02-05).
 
@@ -182,42 +162,17 @@ def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] 
     return {name: evaluate_split(model, ArithmeticSplit.load(data_dir, name, limit), name, greedy=True) for name in sets}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["train", "export", "evaluate", "sweep"])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/main"))
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/main"))
-    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/main/model.pt"))
-    parser.add_argument("--quick", action="store_true", help="tiny run on 512 examples, for tests")
-    parser.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
-    parser.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
-    parser.add_argument("--min-lr-frac", type=float, help="override the cosine's floor (fraction of the peak lr)")
-    parser.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
-    parser.add_argument("--length-balance", type=float, default=0.0, help="draw rare digit layouts more often (0-1)")
-    parser.add_argument("--rebalance-from", type=int, default=0, help="... from this step on")
-    parser.add_argument("--variant", nargs="*", default=list(RECIPE_VARIANTS), help="sweep: which recipe variants")
-    args = parser.parse_args()
-    if args.command == "train":
-        result = train_main(args.data_dir, args.run_dir, args.quick, max_steps=args.max_steps,
-                            decay_steps=args.decay_steps, min_lr_frac=args.min_lr_frac,
-                            stop_after_steps=args.stop_after_steps,
-                            length_balance=args.length_balance, rebalance_from=args.rebalance_from)
-        print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
-    elif args.command == "sweep":
-        for name in args.variant:
-            result = train_variant(name, args.data_dir, args.run_dir.parent / "sweep", args.quick)
-            record = args.out / "sweep" / f"{name}.json"  # committed beside the model, read by notebook 01
-            write_json_atomic(record, {"description": RECIPE_VARIANTS[name][0], "history": result.history,
-                                       "command": f"python -m mechlab.arithmetic.study sweep --variant {name}"})
-            print(f"{name}: {result.steps} steps ({result.seconds / 60:.1f} min), wrote {record}")
-    elif args.command == "export":
-        print(f"exported {export_run(args.run_dir, args.out)}")
-    else:
-        results = evaluate_checkpoint(args.checkpoint, args.data_dir)
-        write_json_atomic(args.checkpoint.parent / "final_eval.json", results)
-        print(json.dumps({k: v[f"{k}_exact"] for k, v in results.items()}, indent=2))
+def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:
+    """Notebook 01's record of recipe variant `name` (out_dir/sweep/<name>.json, committed beside the model)."""
+    record = Path(out_dir) / "sweep" / f"{name}.json"
+    write_json_atomic(record, {"description": RECIPE_VARIANTS[name][0], "history": result.history,
+                               "command": f"python -m mechlab main sweep --variant {name}"})
+    return record
 
 
-if __name__ == "__main__":
-    main()
+MAIN = register_study(Study(
+    "main", main_model_config(), TRAIN_CONFIG,
+    make_task=lambda quick, data_dir=Path("data"), **options: make_task(Path(data_dir), quick, **options),
+    evaluate=lambda checkpoint_dir, limit=None: evaluate_checkpoint(Path(checkpoint_dir) / "model.pt", Path("data"),
+                                                                     limit=limit),
+    export_dir=Path("checkpoints/main"), eval_file="final_eval.json"))

@@ -185,3 +185,12 @@ def main_model_config(seed: int = 0):
     from mechlab.core.model import ModelConfig
 
     return ModelConfig(d_vocab=len(VOCAB), vocab=tuple(VOCAB), seed=seed)
+
+
+def breakdown(metrics: dict[str, float], prefix: str, by: str = "bucket") -> dict[str, float]:
+    """One data set's exact match per bucket (`by="bucket"`) or per operand digit layout (`by="digits"`,
+    keys like "2+3") from `evaluate_split`'s metrics ("<prefix>_exact/<bucket>", "<prefix>_exact/digits_<a>+<b>")."""
+    if by not in ("bucket", "digits"):
+        raise ValueError(f"breakdown by 'bucket' or 'digits', not {by!r}")
+    rows = {k.removeprefix(f"{prefix}_exact/"): v for k, v in metrics.items() if k.startswith(f"{prefix}_exact/")}
+    return {k.removeprefix("digits_"): v for k, v in rows.items() if k.startswith("digits_") == (by == "digits")}

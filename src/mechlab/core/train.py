@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets (they train with progress=False)
 
 from mechlab.core.io import (ChecksumMismatchError, CheckpointFileError, load_torch_file, move_file, torch_save_atomic,
                              write_json_atomic)

@@ -23,26 +23,23 @@ Progress measures (`progress_measures`), over all p*p pairs at the '=' position:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
 from mechlab.analysis.fourier import sum_directions
+from mechlab.core.runs import first_reaching
 from mechlab.modular.task import all_pairs, encode, labels
 
 
-def first_crossing(epochs: Sequence[float], values: Sequence[float], threshold: float) -> float | None:
-    """First epoch at which `values` >= `threshold`, or None."""
-    for epoch, value in zip(epochs, values):
-        if value >= threshold:
-            return epoch
-    return None
+def first_step(history: list[dict], metric: str, target: float) -> float | None:
+    """The step of the first row of `history` with `metric` >= `target`, or None."""
+    row = first_reaching(history, metric, target)
+    return None if row is None else row["step"]
 
 
 @dataclass(frozen=True)
 class Crossings:
-    train_99: float | None  # first epoch with train accuracy >= train_threshold
+    train_99: float | None  # first step (epoch) with train accuracy >= train_threshold
     test_50: float | None
     test_95: float | None
 
@@ -56,29 +53,40 @@ class Crossings:
         return {**asdict(self), "delay_ratio": self.delay_ratio}
 
 
-def crossings(epochs: Sequence[float], train_acc: Sequence[float], test_acc: Sequence[float],
-              train_threshold: float = 0.99, test_thresholds: tuple[float, float] = (0.5, 0.95)) -> Crossings:
-    return Crossings(first_crossing(epochs, train_acc, train_threshold),
-                     first_crossing(epochs, test_acc, test_thresholds[0]),
-                     first_crossing(epochs, test_acc, test_thresholds[1]))
+def crossings(history: list[dict], train_threshold: float = 0.99,
+              test_thresholds: tuple[float, float] = (0.5, 0.95)) -> Crossings:
+    """T, G50, G95 (module docstring) of a training history (rows with step, train_acc, test_acc)."""
+    return Crossings(first_step(history, "train_acc", train_threshold),
+                     first_step(history, "test_acc", test_thresholds[0]),
+                     first_step(history, "test_acc", test_thresholds[1]))
 
 
-def detect_grokking(epochs: Sequence[float], train_acc: Sequence[float], test_acc: Sequence[float],
-                    train_threshold: float = 0.99, test_thresholds: tuple[float, float] = (0.5, 0.95),
-                    min_delay_ratio: float = 2.0) -> Crossings | None:
-    """The crossings if the curves show grokking by the rule in the module docstring, else None."""
-    c = crossings(epochs, train_acc, test_acc, train_threshold, test_thresholds)
+def detect_grokking(history: list[dict], train_threshold: float = 0.99,
+                    test_thresholds: tuple[float, float] = (0.5, 0.95), min_delay_ratio: float = 2.0) -> Crossings | None:
+    """The crossings if the history shows grokking by the rule in the module docstring, else None."""
+    c = crossings(history, train_threshold, test_thresholds)
     if c.train_99 is None or c.test_50 is None or c.test_95 is None:
         return None
     return c if c.test_50 >= min_delay_ratio * max(c.train_99, 1) else None
 
 
 def detect_from_history(history: list[dict], min_delay_ratio: float = 2.0) -> tuple[Crossings, Crossings | None]:
-    """(crossings, detection) from a training history (rows with step, train_acc, test_acc)."""
-    steps = [r["step"] for r in history]
-    train_acc, test_acc = [r["train_acc"] for r in history], [r["test_acc"] for r in history]
-    return crossings(steps, train_acc, test_acc), detect_grokking(steps, train_acc, test_acc,
-                                                                  min_delay_ratio=min_delay_ratio)
+    """(crossings, detection) of a training history (rows with step, train_acc, test_acc)."""
+    return crossings(history), detect_grokking(history, min_delay_ratio=min_delay_ratio)
+
+
+def circuit_before_test_loss(progress: list[dict], level: float = 1.0) -> dict[str, float | None]:
+    """Nanda et al.'s ordering check on progress-measure rows (step, restricted_loss, test_loss,
+    excluded_loss): the first step with restricted loss < `level`, the first with test loss < `level`,
+    whether the first came strictly before the second (None if either never happened), and the step
+    of the peak excluded loss."""
+    circuit = first_reaching(progress, "restricted_loss", level, below=True)
+    test = first_reaching(progress, "test_loss", level, below=True)
+    circuit_step = None if circuit is None else circuit["step"]
+    test_step = None if test is None else test["step"]
+    return {"circuit_step": circuit_step, "test_step": test_step,
+            "circuit_first": None if circuit_step is None or test_step is None else circuit_step < test_step,
+            "peak_excluded_step": max(progress, key=lambda row: row["excluded_loss"])["step"]}
 
 
 # --- progress measures for the 1-layer transformer (input [a, b, =]) ---

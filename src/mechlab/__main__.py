@@ -1,0 +1,98 @@
+"""The one command line: train, export and evaluate any registered study.
+
+    python -m mechlab <study> train    [--quick] [--run-dir runs/<study>] [--threads N]   # resumes if interrupted
+    python -m mechlab <study> export   [--quick] [--run-dir runs/<study>] [--out <export dir>]
+    python -m mechlab <study> evaluate [--out <export dir>] [--limit N]
+    python -m mechlab main sweep [--variant NAME ...] [--out checkpoints/main]   # notebook 01's recipe variants
+    python -m mechlab data [DIR]   # regenerate the main task's data sets and check them against the manifest
+
+Studies: main (the arithmetic model, notebooks 01-05), grokking_mlp, grokking_mlp_seed,
+grokking_transformer, three_layer, three_layer_wd01 (notebooks 10-12). `export` writes everything
+committed under the study's export dir (for the grokking runs also series.pt / progress.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import mechlab.arithmetic.study as main_study
+import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
+from mechlab.arithmetic import data
+from mechlab.core.io import write_json_atomic
+from mechlab.core.studies import STUDIES, get_study
+
+COMMANDS = ("train", "export", "evaluate", "sweep")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mechlab", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("--quick", action="store_true", help="a few steps on a small slice of the data (tests)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--run-dir", type=Path, help="training run folder (default runs/<study>)")
+    p.add_argument("--out", type=Path, help="export folder (default: the study's committed checkpoint folder)")
+    p.add_argument("--limit", type=int, help="evaluate: only the first N examples of each data set (main)")
+    p.add_argument("--data-dir", type=Path, help="main: the data folder (default data)")
+    main = p.add_argument_group("main study, train")
+    main.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
+    main.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
+    main.add_argument("--min-lr-frac", type=float, help="override the cosine's floor (fraction of the peak lr)")
+    main.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
+    main.add_argument("--length-balance", type=float, help="draw rare digit layouts more often (0-1)")
+    main.add_argument("--rebalance-from", type=int, help="... from this step on")
+    main.add_argument("--variant", nargs="*", default=list(main_study.RECIPE_VARIANTS), help="sweep: which variants")
+    return p
+
+
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among `names` that were given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def headline(metrics: dict) -> dict:
+    """`metrics` without its breakdowns (keys with a "/", e.g. test_exact/bucket_edge), nested dicts too."""
+    return {k: headline(v) if isinstance(v, dict) else v for k, v in metrics.items() if "/" not in k}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:
+        data.main(argv[1:])
+        return
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    study = get_study(args.study)
+    out = args.out or study.export_dir
+    if args.command == "train":
+        result = study.train(args.run_dir, args.quick, progress=sys.stderr.isatty(),
+                             stop_after_steps=args.stop_after_steps,
+                             recipe_changes=given(args, "max_steps", "decay_steps", "min_lr_frac"),
+                             **given(args, "data_dir", "length_balance", "rebalance_from"))
+        print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
+    elif args.command == "export":
+        print(f"exported {study.export(args.run_dir, out, args.quick)}")
+    elif args.command == "evaluate":
+        results = study.evaluate(out, args.limit)
+        if study.eval_file:
+            write_json_atomic(out / study.eval_file, results)
+            print(f"wrote {out / study.eval_file}")
+        print(json.dumps(headline(results), indent=1))
+    else:
+        if study is not main_study.MAIN:
+            raise SystemExit(f"sweep: only the main study has recipe variants, not {study.name!r}")
+        for name in args.variant:
+            result = main_study.train_variant(name, args.data_dir or Path("data"),
+                                              (args.run_dir or study.run_dir).parent / "sweep", args.quick)
+            print(f"{name}: {result.steps} steps ({result.seconds / 60:.1f} min), "
+                  f"wrote {main_study.write_sweep_record(name, result, out)}")
+
+
+if __name__ == "__main__":
+    main()
