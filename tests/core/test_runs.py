@@ -37,12 +37,13 @@ def test_export_writes_the_committed_layout_and_the_series_reads_back(tiny_confi
     run.mkdir()
     for step in (5, 10, 15):
         torch_save_atomic(run / f"step_{step:06d}.pt", {"step": step, "state_dict": tiny_model.state_dict()})
-    torch_save_atomic(run / "last.pt", {"step": 15, "seconds": 1.5, "state_dict": tiny_model.state_dict()})
-    write_json_atomic(run / "metrics.json", [{"step": 15, "seconds": 1.5}])
-    write_json_atomic(run / "train_config.json", {"max_steps": 15})
+    torch_save_atomic(run / "last.pt", {"step": 15, "seconds": 1.5, "state_dict": tiny_model.state_dict(),
+                                        "history": [{"step": 15, "seconds": 1.5}], "train_config": {"max_steps": 15}})
+    write_json_atomic(run / "metrics.json", [{"step": 10, "seconds": 1.0}])  # stale: a crash came before its update
     path = export_run(run, tmp_path / "out", tiny_config, n_series=2)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["config.json", "metrics.json", "model.pt", "series.pt",
-                                                            "train_config.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checksums.json", "config.json", "metrics.json", "model.pt",
+                                                            "series.pt", "train_config.json"]
+    assert json.loads((tmp_path / "out" / "train_config.json").read_text()) == {"max_steps": 15}
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == [{"step": 15, "seconds": 1.5}]
     series = load_series(tmp_path / "out" / "series.pt", tiny_config)
     assert [step for step, _ in series] == [5, 15]

@@ -17,7 +17,6 @@ import torch
 
 from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
 from mechlab.core.model import build, save_checkpoint
-from mechlab.core.train import load_history
 
 
 def first_reaching(history: list[dict], metric: str, target: float, below: bool = False) -> dict | None:
@@ -50,8 +49,12 @@ def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 
     model.load_state_dict(last["state_dict"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, model_config, out_dir / "model.pt", extra={"step": last["step"]})
-    write_json_atomic(out_dir / "metrics.json", load_history(run_dir))
-    shutil.copyfile(run_dir / "train_config.json", out_dir / "train_config.json")
+    # the history and recipe saved with these weights (last.pt holds both), not files written after them
+    write_json_atomic(out_dir / "metrics.json", last["history"])
+    if "train_config" in last:
+        write_json_atomic(out_dir / "train_config.json", last["train_config"])
+    else:  # a run saved before last.pt recorded its config
+        shutil.copyfile(run_dir / "train_config.json", out_dir / "train_config.json")
     if n_series:
         series = {"steps": [], "state_dicts": []}
         for path in evenly_spaced(snapshot_paths(run_dir), n_series):
