@@ -74,8 +74,8 @@ def test_cli_trains_exports_and_evaluates_a_study(tmp_path):
     run_cli("three_layer", "train", "--quick", "--threads", "1", "--run-dir", str(run), cwd=tmp_path)
     run_cli("three_layer", "export", "--quick", "--run-dir", str(run), "--out", str(out), cwd=tmp_path)
     evaluated = run_cli("three_layer", "evaluate", "--out", str(out), cwd=tmp_path).stdout
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.pt", "study.json",
-                                                     "train_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "config.json", "metrics.json", "model.pt",
+                                                     "study.json", "train_config.json"]
     study = json.loads((out / "study.json").read_text())
     assert study["name"] == "three_layer" and study["steps"] == 10
     assert json.loads(evaluated)["test_acc"] == pytest.approx(study["final"]["test_acc"])  # same model, same metric
