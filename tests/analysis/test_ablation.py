@@ -6,9 +6,23 @@ import pandas as pd
 import pytest
 import torch
 
-from mechlab.analysis.ablation import (Component, ablation_hooks, ablation_sweep, all_components, backup_pairs,
-                                       evaluate_ablated, excess_matrix, group_ablation, group_drops, group_specific,
-                                       heads, impact_class, pairwise_ablation, redundant_heads, reference_activations)
+from mechlab.analysis.ablation import (
+    Component,
+    ablation_hooks,
+    ablation_sweep,
+    all_components,
+    backup_pairs,
+    evaluate_ablated,
+    excess_matrix,
+    group_ablation,
+    group_drops,
+    group_specific,
+    heads,
+    impact_class,
+    pairwise_ablation,
+    redundant_heads,
+    reference_activations,
+)
 from mechlab.arithmetic.data import bucket_of
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN

@@ -4,9 +4,19 @@ import pandas as pd
 import pytest
 import torch
 
-from mechlab.analysis.attribution import (DLAResult, LogitLensResult, direct_logit_attribution, head_mean_abs_by_layer,
-                                          head_rows, logit_lens, mean_by_bucket, median_first_point, point_names,
-                                          top_correct_by, top_other)
+from mechlab.analysis.attribution import (
+    DLAResult,
+    LogitLensResult,
+    direct_logit_attribution,
+    head_mean_abs_by_layer,
+    head_rows,
+    logit_lens,
+    mean_by_bucket,
+    median_first_point,
+    point_names,
+    top_correct_by,
+    top_other,
+)
 from mechlab.arithmetic.data import bucket_of
 from mechlab.arithmetic.task import ArithmeticSplit
 from mechlab.arithmetic.tokenizer import ANSWER_START, DIGIT_IDS, EQUALS_POS, MAX_ANSWER_DIGITS, MODEL_INPUT_LEN

@@ -5,8 +5,15 @@ import math
 
 import torch
 
-from mechlab.analysis.fourier import (explained_by_frequencies_2d, explained_fraction, fourier_basis, frequency_power,
-                             key_frequencies, neuron_clusters, sum_directions)
+from mechlab.analysis.fourier import (
+    explained_by_frequencies_2d,
+    explained_fraction,
+    fourier_basis,
+    frequency_power,
+    key_frequencies,
+    neuron_clusters,
+    sum_directions,
+)
 
 P = 113
 

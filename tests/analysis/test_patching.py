@@ -5,9 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from mechlab.analysis.patching import (SWEEPS, _plan_chunks, attribution_patch, batched_patch, correlation,
-                                       head_pair_interactions, interaction_matrix, patch_head_sets, patch_sweeps,
-                                       run_cache, tl_patch)
+from mechlab.analysis.patching import (
+    SWEEPS,
+    _plan_chunks,
+    attribution_patch,
+    batched_patch,
+    correlation,
+    head_pair_interactions,
+    interaction_matrix,
+    patch_head_sets,
+    patch_sweeps,
+    run_cache,
+    tl_patch,
+)
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of
 from mechlab.arithmetic.pairs import ExactMatchMetric, make_metrics, make_pairs
 from mechlab.arithmetic.tokenizer import EQUALS_POS

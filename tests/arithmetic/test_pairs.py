@@ -3,8 +3,14 @@ import pytest
 import torch
 
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
-from mechlab.arithmetic.pairs import (ANSWER_POSITIONS, PAIR_KINDS, ExactMatchMetric, make_metrics, make_pairs,
-                                      modulo_head_candidate)
+from mechlab.arithmetic.pairs import (
+    ANSWER_POSITIONS,
+    PAIR_KINDS,
+    ExactMatchMetric,
+    make_metrics,
+    make_pairs,
+    modulo_head_candidate,
+)
 from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, VOCAB
 
 

@@ -4,9 +4,21 @@ import pytest
 import torch
 
 from mechlab.analysis.attention import attention_patterns
-from mechlab.arithmetic.roles import (ROLES, SLOTS, RoleError, aligned_attention, answer_predicting_mask, head_role_table,
-                                      label_head, layer_specialization, position_roles, position_slots, role_ids,
-                                      slot_aligned_attention, slot_ids)
+from mechlab.arithmetic.roles import (
+    ROLES,
+    SLOTS,
+    RoleError,
+    aligned_attention,
+    answer_predicting_mask,
+    head_role_table,
+    label_head,
+    layer_specialization,
+    position_roles,
+    position_slots,
+    role_ids,
+    slot_aligned_attention,
+    slot_ids,
+)
 from mechlab.arithmetic.task import TOKENIZER
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 

@@ -1,7 +1,6 @@
 """The arithmetic task's scoring, checked on a model whose answers are known (an oracle that is
 right, or wrong on a chosen set of rows), so broken scoring fails these tests."""
 import pytest
-import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, exact_match, greedy_answers

@@ -3,8 +3,17 @@ import pytest
 import torch
 
 from mechlab.arithmetic.tokenizer import (
-    ANSWER_START, EQUALS_POS, MAX_ANSWER_DIGITS, PROMPT_WIDTH, SEQ_LEN, VOCAB,
-    ArithmeticTokenizer, Problem, TokenizerError, format_prompt, parse_prompt,
+    ANSWER_START,
+    EQUALS_POS,
+    MAX_ANSWER_DIGITS,
+    PROMPT_WIDTH,
+    SEQ_LEN,
+    VOCAB,
+    ArithmeticTokenizer,
+    Problem,
+    TokenizerError,
+    format_prompt,
+    parse_prompt,
 )
 
 tok = ArithmeticTokenizer()

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from mechlab.core import io as io_module
-from mechlab.core.io import (ChecksumMismatchError, CheckpointFileError, UnsafeCheckpointError, load_torch_file,
-                             torch_save_atomic)
+from mechlab.core.io import (
+    CheckpointFileError,
+    ChecksumMismatchError,
+    UnsafeCheckpointError,
+    load_torch_file,
+    torch_save_atomic,
+)
 from mechlab.core.model import CheckpointMismatchError, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from mechlab.modular.mlp import MLPConfig, ModularMLP, build_mlp
 

@@ -12,7 +12,7 @@ import pytest
 import mechlab.arithmetic.study  # noqa: F401  (registers "main")
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
 from mechlab.core.model import build
-from mechlab.core.studies import STUDIES, Study, get_study, quick_recipe, register_study
+from mechlab.core.studies import STUDIES, get_study, quick_recipe, register_study
 from mechlab.core.train import TrainConfig
 
 TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", "three_layer", "three_layer_wd01"}

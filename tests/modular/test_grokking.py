@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from mechlab.modular.grokking import (circuit_before_test_loss, crossings, detect_from_history, detect_grokking,
-                                      progress_measures)
 from mechlab.core.model import ModelConfig, build_model
+from mechlab.modular.grokking import (
+    circuit_before_test_loss,
+    crossings,
+    detect_from_history,
+    detect_grokking,
+    progress_measures,
+)
 from mechlab.modular.task import make_split, vocab
 
 

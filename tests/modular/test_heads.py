@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 
 from mechlab.analysis.ablation import Component
-from mechlab.modular.heads import (attention_entropy, classify_heads, classify_pattern, eq_attention, heads_by_class,
-                                   label_agreement)
 from mechlab.core.model import ModelConfig, build_model
+from mechlab.modular.heads import (
+    attention_entropy,
+    classify_heads,
+    classify_pattern,
+    eq_attention,
+    heads_by_class,
+    label_agreement,
+)
 from mechlab.modular.task import vocab
 
 P = 7

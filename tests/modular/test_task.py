@@ -7,7 +7,16 @@ import torch
 
 from mechlab.core.model import ModelConfig, build_model
 from mechlab.modular.mlp import MLPConfig, build_mlp
-from mechlab.modular.task import ModularTask, all_pairs, answer_logits, encode, evaluate_pairs, labels, make_split, vocab
+from mechlab.modular.task import (
+    ModularTask,
+    all_pairs,
+    answer_logits,
+    encode,
+    evaluate_pairs,
+    labels,
+    make_split,
+    vocab,
+)
 
 P = 7
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from check_reports import check_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 
 from mechlab.core.model import head_labels
 
-
 # --- normalized metrics --------------------------------------------------------------------------
 
 class PatchingMetric:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from mechlab.arithmetic.tokenizer import Problem
 from mechlab.core.io import sha256_file, write_json_atomic, write_text_atomic
-from mechlab.arithmetic.tokenizer import format_prompt
 
 MODULUS = 113
 MAX_OPERAND = 999
@@ -34,19 +34,10 @@ BUCKETS = SCARCE_BUCKETS + ("large_wrap",)
 
 
 @dataclass(frozen=True)
-class Example:
-    a: int
-    b: int
-    m: int
+class Example(Problem):
+    """A problem (a, b, m: its `prompt` and `answer`) and the bucket it belongs to."""
+
     bucket: str
-
-    @property
-    def prompt(self) -> str:
-        return format_prompt(self.a, self.b, self.m)
-
-    @property
-    def answer(self) -> str:
-        return str((self.a + self.b) % self.m)
 
     def to_json(self) -> dict:
         return {"a": self.a, "b": self.b, "m": self.m, "prompt": self.prompt, "answer": self.answer, "bucket": self.bucket}

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, main_model_config
 from mechlab.core.io import load_torch_file, write_json_atomic
 from mechlab.core.model import build_model, load_checkpoint

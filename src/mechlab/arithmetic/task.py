@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from mechlab.arithmetic.data import read_jsonl
-from mechlab.arithmetic.tokenizer import (ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS, VOCAB,
-                                          ArithmeticTokenizer)
+from mechlab.arithmetic.tokenizer import (
+    ANSWER_START,
+    EQUALS_POS,
+    MODEL_INPUT_LEN,
+    N_ANSWER_TOKENS,
+    VOCAB,
+    ArithmeticTokenizer,
+)
 
 TOKENIZER = ArithmeticTokenizer()
 
@@ -100,7 +106,7 @@ def teacher_forced_exact(logits: torch.Tensor, answers: torch.Tensor) -> torch.T
 
     This equals greedy decoding's exact match (greedy stays on the true prefix exactly as long as
     every argmax is right), at the cost of one forward pass instead of one per answer token;
-    `tests/test_arithmetic.py` checks the equality. logits: [n, N_ANSWER_TOKENS, d_vocab].
+    `tests/arithmetic/test_task.py` checks the equality on a model that is partly right. logits: [n, N_ANSWER_TOKENS, d_vocab].
     """
     scored = answers != TOKENIZER.pad_id
     return ((logits.argmax(-1) == answers) | ~scored).all(-1)

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
+from mechlab.analysis.patching import batched_patch, run_cache, tl_patch
+from mechlab.arithmetic.data import MODULUS, Example, bucket_of, read_jsonl
+from mechlab.arithmetic.pairs import ExactMatchMetric, LogitDiffMetric, make_pairs
 from mechlab.arithmetic.task import main_model_config
 from mechlab.bench.training import machine_info
-from mechlab.arithmetic.data import MODULUS, Example, bucket_of, read_jsonl
 from mechlab.core.io import write_json_atomic
 from mechlab.core.model import build_model, load_checkpoint
-from mechlab.analysis.patching import batched_patch, run_cache, tl_patch
-from mechlab.arithmetic.pairs import ExactMatchMetric, LogitDiffMetric, make_pairs
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:

@@ -20,8 +20,8 @@ import torch
 from mechlab.arithmetic.task import answer_loss, main_model_config
 from mechlab.arithmetic.tokenizer import SEQ_LEN, VOCAB
 from mechlab.core.io import write_json_atomic
-from mechlab.core.runs import first_reaching
 from mechlab.core.model import build_model, count_parameters, default_device
+from mechlab.core.runs import first_reaching
 
 
 def machine_info() -> dict:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mechlab.core.io import load_torch_file, write_json_atomic
-from mechlab.core.runs import export_run
 from mechlab.core.model import build, count_parameters
+from mechlab.core.runs import export_run
 from mechlab.core.train import TrainConfig, TrainResult, train
 
 QUICK_STEPS = 40  # default length of a quick run (smoke tests, quick notebooks)

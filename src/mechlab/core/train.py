@@ -32,8 +32,14 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets (they train with progress=False)
 
-from mechlab.core.io import (ChecksumMismatchError, CheckpointFileError, load_torch_file, move_file, torch_save_atomic,
-                             write_json_atomic)
+from mechlab.core.io import (
+    CheckpointFileError,
+    ChecksumMismatchError,
+    load_torch_file,
+    move_file,
+    torch_save_atomic,
+    write_json_atomic,
+)
 
 
 @dataclass(frozen=True)

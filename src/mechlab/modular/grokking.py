@@ -23,6 +23,7 @@ Progress measures (`progress_measures`), over all p*p pairs at the '=' position:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 

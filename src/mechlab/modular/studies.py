@@ -22,11 +22,12 @@ import torch
 
 from mechlab.core.io import load_torch_file, write_json_atomic
 from mechlab.core.model import ModelConfig, build, load_checkpoint
-from mechlab.core.runs import load_series as load_series_of, snapshot_paths
+from mechlab.core.runs import load_series as load_series_of
+from mechlab.core.runs import snapshot_paths
 from mechlab.core.studies import QUICK_SERIES, Study, get_study, register_study
 from mechlab.core.train import TrainConfig, TrainResult
 from mechlab.modular.mlp import MLPConfig
-from mechlab.modular.task import P, ModularTask, Split, make_split, vocab
+from mechlab.modular.task import ModularTask, P, Split, make_split, vocab
 
 PROGRESS_POINTS = 80  # snapshots (evenly spaced) at which export_progress computes the progress measures
 QUICK_STEPS = 10  # a quick modular run: 10 steps (10 epochs when full batch)
