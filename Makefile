@@ -78,7 +78,7 @@ TRAIN_FLAGS_grokking_transformer := --stop-after-steps 425
 train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) $(DATA_FILES)
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
-	$(PY) -m mechlab $* evaluate
+	$(PY) -m mechlab $* evaluate --save
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) $(DATA_FILES)

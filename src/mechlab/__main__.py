@@ -2,13 +2,16 @@
 
     python -m mechlab <study> train    [--quick] [--run-dir runs/<study>] [--threads N]   # resumes if interrupted
     python -m mechlab <study> export   [--quick] [--run-dir runs/<study>] [--out <export dir>]
-    python -m mechlab <study> evaluate [--out <export dir>] [--limit N]
+    python -m mechlab <study> evaluate [--out <export dir>] [--limit N] [--save]
     python -m mechlab main sweep [--variant NAME ...] [--out checkpoints/main]   # notebook 01's recipe variants
     python -m mechlab data [DIR]   # regenerate the main task's data sets and check them against the manifest
 
 Studies: main (the arithmetic model, notebooks 01-05), grokking_mlp, grokking_mlp_seed,
 grokking_transformer, three_layer, three_layer_wd01 (notebooks 10-12). `export` writes everything
 committed under the study's export dir (for the grokking runs also series.pt / progress.json).
+`evaluate` prints its results; with --save it also writes them into the export dir (the main
+study's final_eval.json). Mistakes a user can make (a missing or damaged file, edited data, a run
+of another recipe, an invalid recipe) end with one line naming what is wrong, not a traceback.
 """
 from __future__ import annotations
 
@@ -22,8 +25,15 @@ import torch
 import mechlab.arithmetic.study as main_study
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
 from mechlab.arithmetic import data
-from mechlab.core.io import write_json_atomic
+from mechlab.arithmetic.tokenizer import TokenizerError
+from mechlab.core.io import ChecksumMismatchError, CheckpointFileError, write_json_atomic
+from mechlab.core.model import CheckpointMismatchError
 from mechlab.core.studies import STUDIES, get_study
+from mechlab.core.train import InvalidRecipeError, RunMismatchError
+
+# Errors that mean "the input is wrong", not "the code is wrong": reported in one line.
+USER_ERRORS = (data.DataError, TokenizerError, CheckpointFileError, ChecksumMismatchError, CheckpointMismatchError,
+               InvalidRecipeError, RunMismatchError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 COMMANDS = ("train", "export", "evaluate", "sweep")
 
@@ -39,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="export folder (default: the study's committed checkpoint folder)")
     p.add_argument("--limit", type=int, help="evaluate: only the first N examples of each data set (main)")
     p.add_argument("--data-dir", type=Path, help="main: the data folder (default data)")
+    p.add_argument("--save", action="store_true", help="evaluate: also write the results into the export folder")
     main = p.add_argument_group("main study, train")
     main.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
     main.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
@@ -46,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
     main.add_argument("--length-balance", type=float, help="draw rare digit layouts more often (0-1)")
     main.add_argument("--rebalance-from", type=int, help="... from this step on")
-    main.add_argument("--variant", nargs="*", default=list(main_study.RECIPE_VARIANTS), help="sweep: which variants")
+    main.add_argument("--variant", nargs="*", default=list(main_study.RECIPE_VARIANTS),
+                      choices=sorted(main_study.RECIPE_VARIANTS), help="sweep: which variants")
     return p
 
 
@@ -79,8 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "export":
         print(f"exported {study.export(args.run_dir, out, args.quick)}")
     elif args.command == "evaluate":
-        results = study.evaluate(out, args.limit)
-        if study.eval_file:
+        results = study.evaluate(out, args.limit, **given(args, "data_dir"))
+        if args.save and study.eval_file:
             write_json_atomic(out / study.eval_file, results)
             print(f"wrote {out / study.eval_file}")
         print(json.dumps(headline(results), indent=1))
@@ -95,4 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except USER_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None

@@ -63,9 +63,11 @@ def test_progress_measures_run_on_a_tiny_one_layer_model():
     m = progress_measures(model, p, [1, 2], split.train, split.test)
     assert set(m) >= {"train_loss", "test_loss", "restricted_loss", "excluded_loss"}
     assert all(math.isfinite(v) for v in m.values())
-    # with every frequency kept, the restricted logits equal the full MLP path: excluded = non-MLP path
-    full = progress_measures(model, p, list(range(1, 7)), split.train, split.test)
-    assert math.isfinite(full["excluded_loss"])
+    # with no key frequency nothing is removed: the excluded loss is the training loss itself, and
+    # removing key directions changes it
+    none = progress_measures(model, p, [], split.train, split.test)
+    assert none["excluded_loss"] == none["train_loss"] == m["train_loss"]
+    assert m["excluded_loss"] != m["train_loss"]
 
 
 def test_circuit_before_test_loss_orders_the_first_steps_below_the_level():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from mechlab.arithmetic.tokenizer import Problem
+from mechlab.arithmetic.tokenizer import Problem, TokenizerError
 from mechlab.core.io import sha256_file, write_json_atomic, write_text_atomic
 
 MODULUS = 113
@@ -156,13 +156,76 @@ def write_jsonl(path: Path, rows: Iterable[Example]) -> None:
     write_text_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in rows))
 
 
+class DataError(ValueError):
+    """A data file that is malformed or differs from its manifest; the message names the file (and line)."""
+
+
+ROW_KEYS = ("a", "b", "m", "prompt", "answer", "bucket")
+
+
+def check_row(row: object, where: str) -> dict:
+    """`row` if it has every key and its prompt and answer agree with its a, b, m; else DataError at `where`."""
+    if not isinstance(row, dict) or any(key not in row for key in ROW_KEYS):
+        raise DataError(f"{where}: a row needs the keys {', '.join(ROW_KEYS)}")
+    try:
+        problem = Problem(row["a"], row["b"], row["m"])
+    except TokenizerError as error:
+        raise DataError(f"{where}: {error}") from None
+    if (row["prompt"], row["answer"]) != (problem.prompt, problem.answer):
+        raise DataError(f"{where}: prompt {row['prompt']!r} / answer {row['answer']!r} disagree with a={row['a']}, "
+                        f"b={row['b']}, m={row['m']} ({problem.prompt!r} / {problem.answer!r})")
+    return row
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a data file as dicts with keys a, b, m, prompt, answer, bucket."""
+    """Rows of a data file as dicts with keys a, b, m, prompt, answer, bucket. A line that is not
+    JSON, lacks a key, or whose prompt or answer disagrees with its a, b, m is a DataError naming
+    the file and line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: generate the data with `make data` (or run notebooks/00_data.ipynb)")
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f]
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not a JSON row ({error.msg})") from None
+            rows.append(check_row(row, f"{path}:{number}"))
+    return rows
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: hash each file once per process
+
+
+def verify_file(path: Path) -> None:
+    """Raise DataError if `path` differs from the sha256 its folder's manifest.json records for it
+    (files the manifest does not list, or folders without one, are not checked)."""
+    path = Path(path)
+    manifest = read_manifest(path.parent) if (path.parent / "manifest.json").exists() else {"files": {}}
+    info = manifest["files"].get(path.name)
+    if info is None or not path.exists():
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    if _VERIFIED[key] != info["sha256"]:
+        raise DataError(f"{path} differs from the sha256 in {path.parent / 'manifest.json'}: it was edited or damaged. "
+                        "Regenerate it with `make data` (python -m mechlab data)")
+
+
+def read_manifest(data_dir: Path) -> dict:
+    """`data_dir/manifest.json`, or a DataError naming it when it is not a manifest."""
+    path = Path(data_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}): restore it with "
+                        f"`git checkout -- {path}`") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise DataError(f"{path} has no 'files' table: restore it with `git checkout -- {path}`")
+    return manifest
 
 
 def bucket_counts(rows: Iterable[Example]) -> dict[str, int]:
@@ -190,7 +253,7 @@ def write_manifest(data_dir: Path, manifest: dict) -> None:
 def verify_against_manifest(data_dir: Path) -> list[str]:
     """Names of files whose sha256 differs from `data_dir/manifest.json` (empty list = all match)."""
     data_dir = Path(data_dir)
-    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest = read_manifest(data_dir)
     return [name for name, info in manifest["files"].items()
             if not (data_dir / name).exists() or sha256_file(data_dir / name) != info["sha256"]]
 
@@ -202,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
                                                  "DATA_DIR/manifest.json (written if missing).")
     parser.add_argument("data_dir", nargs="?", type=Path, default=Path("data"), help="default: data")
     data_dir = parser.parse_args(argv).data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise SystemExit(f"{data_dir} is a file, not a data folder")
+    if (data_dir / "manifest.json").exists():
+        differing = [name for name in verify_against_manifest(data_dir) if (data_dir / name).exists()]
+        for name in differing:
+            print(f"repairing {data_dir / name}: it differed from manifest.json")
     manifest = write_datasets(data_dir)
     if not (data_dir / "manifest.json").exists():
         write_manifest(data_dir, manifest)

@@ -3,7 +3,7 @@ notebook 01, and the analysis notebooks' model loader. Registered as study "main
 
     python -m mechlab main train  [--quick] [--run-dir runs/main]   # resumes if interrupted
     python -m mechlab main export [--run-dir runs/main] [--out checkpoints/main]
-    python -m mechlab main evaluate [--out checkpoints/main]        # writes final_eval.json there
+    python -m mechlab main evaluate [--out checkpoints/main] --save  # writes final_eval.json there
     python -m mechlab main sweep  [--variant NAME ...] [--out checkpoints/main]   # notebook 01's variants
 
 `make train` runs train, export and evaluate; `make all` uses the committed `checkpoints/main/`.
@@ -171,6 +171,6 @@ def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:
 MAIN = register_study(Study(
     "main", main_model_config(), TRAIN_CONFIG,
     make_task=lambda quick, data_dir=Path("data"), **options: make_task(Path(data_dir), quick, **options),
-    evaluate=lambda checkpoint_dir, limit=None: evaluate_checkpoint(Path(checkpoint_dir) / "model.pt", Path("data"),
-                                                                     limit=limit),
+    evaluate=lambda checkpoint_dir, limit=None, data_dir=Path("data"): evaluate_checkpoint(
+        Path(checkpoint_dir) / "model.pt", Path(data_dir), limit=limit),
     export_dir=Path("checkpoints/main"), eval_file="final_eval.json"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mechlab.arithmetic.data import read_jsonl
+from mechlab.arithmetic.data import read_jsonl, verify_file
 from mechlab.arithmetic.tokenizer import (
     ANSWER_START,
     EQUALS_POS,
@@ -36,7 +36,9 @@ class ArithmeticSplit:
 
     @classmethod
     def load(cls, data_dir: Path, name: str, limit: int | None = None) -> "ArithmeticSplit":
-        rows = read_jsonl(Path(data_dir) / f"{name}.jsonl")
+        path = Path(data_dir) / f"{name}.jsonl"
+        verify_file(path)  # against data_dir/manifest.json: edited data is refused, not used
+        rows = read_jsonl(path)
         return cls.from_rows(rows[:limit] if limit else rows)
 
     def __len__(self) -> int:

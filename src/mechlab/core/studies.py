@@ -36,7 +36,8 @@ class Study:
 
     make_task(quick, **options) -> the training task (options: study-specific, e.g. the main
         task's data_dir, length_balance).
-    evaluate(checkpoint_dir, limit) -> named metrics of the exported model in checkpoint_dir.
+    evaluate(checkpoint_dir, limit, **options) -> named metrics of the exported model in checkpoint_dir
+        (options: e.g. the main task's data_dir).
     record() -> extra fields for the export's study.json (None: no study.json).
     after_export(run_dir, out_dir, quick) -> further export files (e.g. progress measures).
     """
@@ -44,7 +45,7 @@ class Study:
     model_config: Any
     train_config: TrainConfig
     make_task: Callable[..., Any]
-    evaluate: Callable[[Path, int | None], dict]
+    evaluate: Callable[..., dict]
     export_dir: Path
     quick_steps: int = QUICK_STEPS
     n_series: int = 0  # float16 snapshots kept in the export's series.pt

@@ -42,6 +42,14 @@ from mechlab.core.io import (
 )
 
 
+class InvalidRecipeError(ValueError):
+    """A TrainConfig that cannot run; the message lists every field at fault."""
+
+
+class RunMismatchError(ValueError):
+    """A run directory holds a run of another recipe; the message lists the differing fields."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int
@@ -83,7 +91,7 @@ class TrainConfig:
             (self.stop_patience < 1, f"stop_patience must be >= 1, got {self.stop_patience}"),
         ] if bad]
         if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+            raise InvalidRecipeError("invalid TrainConfig: " + "; ".join(problems))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -327,7 +335,7 @@ def _load_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     changed = [f"{k}: run has {saved_cfg.get(k)!r}, asked for {new_cfg.get(k)!r}" for k in sorted(new_cfg)
                if k not in SCHEDULE_FIELDS and json.loads(json.dumps(saved_cfg.get(k))) != new_cfg[k]]
     if changed:
-        raise ValueError(f"{run_dir} holds a run with another TrainConfig ({'; '.join(changed)}); only "
+        raise RunMismatchError(f"{run_dir} holds a run with another TrainConfig ({'; '.join(changed)}); only "
                          f"{', '.join(SCHEDULE_FIELDS)} may change on resume: use a new run directory")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -1,0 +1,42 @@
+"""The CLI reports a user's mistakes in one line, without a traceback."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "mechlab", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda d: None, ("main", "evaluate", "--out", "nowhere"), "error: no checkpoint file at nowhere/model.pt"),
+    (lambda d: (d / "afile").write_text(""), ("three_layer", "train", "--quick", "--run-dir", "afile"),
+     "error: run directory afile is a file"),
+    (lambda d: None, ("main", "train", "--quick", "--max-steps", "-5", "--data-dir", "nodata"),
+     "error: invalid TrainConfig: max_steps must be >= 1, got -5"),
+    (lambda d: (d / "ck").mkdir() or torch.save({"step": 1}, d / "ck" / "model.pt"), ("three_layer", "evaluate", "--out", "ck"),
+     "error: ck/model.pt is not a model checkpoint"),
+])
+def test_mistakes_end_with_one_line_naming_them(tmp_path, setup, args, message):
+    setup(tmp_path)
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == message or done.stderr.strip().startswith(message), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_evaluate_writes_into_the_checkpoint_folder_only_when_asked(tmp_path, repo_root, generated_data):
+    import json
+    import shutil
+
+    shutil.copytree(repo_root / "checkpoints" / "main", tmp_path / "ck", ignore=shutil.ignore_patterns("sweep", "final_eval.json"))
+    before = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    args = ("main", "evaluate", "--out", "ck", "--limit", "20", "--data-dir", str(generated_data[0]))
+    done = cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before
+    assert cli(*args, "--save", cwd=tmp_path).returncode == 0
+    saved = json.loads((tmp_path / "ck" / "final_eval.json").read_text())
+    assert saved["test"]["test_exact"] >= 0.95  # the committed model, on the first 20 test rows
