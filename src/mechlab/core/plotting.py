@@ -27,6 +27,7 @@ from the same data leaves `figures/` unchanged.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -130,6 +131,9 @@ def setup_notebook(quick: bool = False, renderer: str = TEMPLATE_NAME) -> None:
     from IPython.display import HTML, display
 
     _SAVING["enabled"] = not quick
+    # choreographer (kaleido's browser driver) logs a traceback for a pipe message it could
+    # not decode and then carries on; a failed export still raises, so the log is only noise.
+    logging.getLogger("choreographer").setLevel(logging.CRITICAL)
     use_defaults()
     pio.renderers.default = renderer
     display(HTML(plotlyjs_html() + "\n" + circuitsvis_bundle_html()))
