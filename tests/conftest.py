@@ -31,6 +31,17 @@ def tiny_config() -> ModelConfig:
     return TINY
 
 
+# Operands of every digit length, wrapping and not: patching pairs are drawn from these rows.
+MIXED_OPERANDS = [(a, b) for a in (3, 12, 45, 78, 99, 150, 234, 431, 567, 800, 950) for b in (5, 30, 55, 103, 313, 640, 999)]
+
+
+@pytest.fixture(scope="session")
+def mixed_rows() -> list[dict]:
+    """Data rows (as in data/*.jsonl) for MIXED_OPERANDS mod 113."""
+    from mechlab.arithmetic.data import MODULUS, Example, bucket_of
+    return [Example(a, b, MODULUS, bucket_of(a, b)).to_json() for a, b in MIXED_OPERANDS]
+
+
 @pytest.fixture
 def tiny_model():
     """A randomly initialised 2-layer, 2-head model over the arithmetic vocabulary (seed 0), in float64

@@ -26,7 +26,7 @@ import mechlab.arithmetic.study as main_study
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
 from mechlab.arithmetic import data
 from mechlab.arithmetic.tokenizer import TokenizerError
-from mechlab.core.io import ChecksumMismatchError, CheckpointFileError, write_json_atomic
+from mechlab.core.io import CheckpointFileError, ChecksumMismatchError, write_json_atomic
 from mechlab.core.model import CheckpointMismatchError
 from mechlab.core.studies import STUDIES, get_study
 from mechlab.core.train import InvalidRecipeError, RunMismatchError

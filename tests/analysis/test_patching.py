@@ -18,19 +18,13 @@ from mechlab.analysis.patching import (
     run_cache,
     tl_patch,
 )
-from mechlab.arithmetic.data import MODULUS, Example, bucket_of
 from mechlab.arithmetic.pairs import ExactMatchMetric, make_metrics, make_pairs
 from mechlab.arithmetic.tokenizer import EQUALS_POS
 
 
-def rows():
-    operands = [(a, b) for a in (3, 12, 45, 78, 99, 150, 234, 431, 567, 800, 950) for b in (5, 30, 55, 103, 313, 640, 999)]
-    return [Example(a, b, MODULUS, bucket_of(a, b)).to_json() for a, b in operands]
-
-
 @pytest.fixture
-def setup(tiny_model):
-    pairs = make_pairs(rows(), "a", 3, seed=1)
+def setup(tiny_model, mixed_rows):
+    pairs = make_pairs(mixed_rows, "a", 3, seed=1)
     metric = make_metrics(tiny_model, pairs)["logit_diff"]
     _, clean_cache = run_cache(tiny_model, pairs.clean_tokens)
     _, corrupted_cache = run_cache(tiny_model, pairs.corrupted_tokens)

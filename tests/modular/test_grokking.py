@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import math
 
-from mechlab.core.model import ModelConfig, build_model
+import torch
+
+from mechlab.core.model import ModelConfig, build, build_model
 from mechlab.modular.grokking import (
     circuit_before_test_loss,
     crossings,
     detect_from_history,
     detect_grokking,
+    key_share_over_series,
+    mlp_fourier_summary,
     progress_measures,
 )
-from mechlab.modular.task import make_split, vocab
+from mechlab.modular.mlp import MLPConfig
+from mechlab.modular.task import all_pairs, make_split, vocab
 
 
 def sigmoid_curve(epochs, midpoint, width=0.15):
@@ -80,3 +85,34 @@ def test_circuit_before_test_loss_orders_the_first_steps_below_the_level():
     assert circuit_before_test_loss(progress, level=0.05)["circuit_first"] is None
     # both cross at the same evaluation: not "before"
     assert circuit_before_test_loss(progress, level=0.6)["circuit_first"] is False
+
+
+def planted_fourier_mlp(p: int = 13, k: int = 3):
+    """A grokking MLP whose embeddings are cos/sin of frequency k (plus zeros): a pure one-frequency model."""
+    mlp = build(MLPConfig(p=p, d_embed=4, d_hidden=8, seed=0), device="cpu")
+    x = torch.arange(p, dtype=torch.float32)[:, None]
+    wave = torch.cat([torch.cos(2 * math.pi * k * x / p), torch.sin(2 * math.pi * k * x / p), torch.zeros(p, 2)], dim=1)
+    with torch.no_grad():
+        mlp.embed_a.weight.copy_(wave)
+        mlp.embed_b.weight.copy_(wave)
+    return mlp
+
+
+def test_mlp_fourier_summary_finds_a_planted_frequency():
+    p, k = 13, 3
+    mlp = planted_fourier_mlp(p, k)
+    grid = mlp.hidden(all_pairs(p)).detach().reshape(p, p, -1)
+    order = torch.arange(grid.shape[-1])
+    summary = mlp_fourier_summary(mlp, grid, order, n_top=3)
+    assert summary["key frequencies, embed a"] == summary["key frequencies, embed b"] == [k]
+    assert math.isclose(summary["embed a variance in its key frequencies"], 1.0, abs_tol=1e-5)
+    assert len(summary["top-3 neurons' frequencies"]) == 3
+
+
+def test_key_share_over_series_tracks_each_snapshot():
+    p, k = 13, 3
+    planted, random = planted_fourier_mlp(p, k), build(MLPConfig(p=p, d_embed=4, d_hidden=8, seed=1), device="cpu")
+    rows = key_share_over_series([(0, random), (10, planted)], [k], [k])
+    assert [r["step"] for r in rows] == [0, 10]
+    assert rows[0]["embed a variance in key freqs"] < 0.5
+    assert math.isclose(rows[1]["embed b variance in key freqs"], 1.0, abs_tol=1e-5)

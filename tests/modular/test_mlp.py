@@ -6,7 +6,7 @@ import torch
 
 from mechlab.core.model import load_checkpoint, save_checkpoint
 from mechlab.modular.mlp import MLPConfig, ModularMLP, build_mlp
-from mechlab.modular.studies import STUDIES
+from mechlab.modular.studies import MODULAR_STUDIES
 from mechlab.modular.task import all_pairs, evaluate_pairs
 
 CFG = MLPConfig(p=7, d_embed=4, d_hidden=8, seed=0)
@@ -36,7 +36,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_committed_checkpoint_loads_and_generalises(repo_root):
-    study = STUDIES["grokking_mlp"]
+    study = MODULAR_STUDIES["grokking_mlp"]
     model = load_checkpoint(repo_root / "checkpoints" / "grokking_mlp" / "model.pt", expected=study.model_config,
                             device="cpu")
     test = all_pairs(study.model_config.p)[study.split().test]

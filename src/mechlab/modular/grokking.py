@@ -27,7 +27,14 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from mechlab.analysis.fourier import sum_directions
+from mechlab.analysis.fourier import (
+    explained_by_frequencies_2d,
+    explained_fraction,
+    frequency_power,
+    key_frequencies,
+    neuron_clusters,
+    sum_directions,
+)
 from mechlab.core.runs import first_reaching
 from mechlab.modular.task import all_pairs, encode, labels
 
@@ -88,6 +95,57 @@ def circuit_before_test_loss(progress: list[dict], level: float = 1.0) -> dict[s
     return {"circuit_step": circuit_step, "test_step": test_step,
             "circuit_first": None if circuit_step is None or test_step is None else circuit_step < test_step,
             "peak_excluded_step": max(progress, key=lambda row: row["excluded_loss"])["step"]}
+
+
+# --- Fourier structure of the grokking MLP (input (a, b), separate embeddings) ---
+
+ONE_FREQUENCY_SHARE = 0.5  # a neuron "is" frequency k when k carries at least this share of its variance
+TOP_NEURONS = 10  # how many of the most important neurons `mlp_fourier_summary` lists
+
+
+def embedding_key_frequencies(mlp) -> tuple[list[int], list[int]]:
+    """Key frequencies (`fourier.key_frequencies`) of the a- and of the b-embedding."""
+    return (key_frequencies(frequency_power(mlp.embed_a.weight)),
+            key_frequencies(frequency_power(mlp.embed_b.weight)))
+
+
+def mlp_fourier_summary(mlp, grid: torch.Tensor, order: torch.Tensor,
+                        min_share: float = ONE_FREQUENCY_SHARE, n_top: int = TOP_NEURONS) -> dict:
+    """How Fourier-shaped the grokking MLP is.
+
+    grid: [p, p, d_hidden] hidden activations over all (a, b); order: [d_hidden] neurons, most
+    important first. Returns the key frequencies of each embedding and the share of its variance
+    they carry (and the top-5 frequencies' share, for comparison); among the active neurons (std > 0
+    over the grid), the fraction with one frequency carrying >= `min_share` of their variance; the
+    pooled neuron variance in the key frequencies; and the best frequency of the `n_top` most
+    important neurons (0: none reaches `min_share`).
+    """
+    power_a, power_b = frequency_power(mlp.embed_a.weight), frequency_power(mlp.embed_b.weight)
+    keys_a, keys_b = key_frequencies(power_a), key_frequencies(power_b)
+    keys = sorted(set(keys_a) | set(keys_b))
+    top5_a = [int(i) + 1 for i in torch.argsort(power_a, descending=True)[:5]]
+    alive = grid.reshape(-1, grid.shape[-1]).std(0) > 1e-6
+    best, _ = neuron_clusters(grid, min_fraction=min_share)
+    return {"key frequencies, embed a": keys_a, "key frequencies, embed b": keys_b,
+            "embed a variance in its key frequencies": explained_fraction(power_a, keys_a),
+            "embed b variance in its key frequencies": explained_fraction(power_b, keys_b),
+            "embed a variance in the top-5 frequencies": explained_fraction(power_a, top5_a),
+            "active neurons": int(alive.sum()),
+            f"neurons with one frequency >= {min_share:.0%} of variance": float((best[alive] > 0).float().mean()),
+            "pooled neuron variance in the key frequencies":
+                explained_by_frequencies_2d(grid[:, :, alive], keys) if keys else 0.0,
+            f"top-{n_top} neurons' frequencies": [int(best[i]) for i in order[:n_top]]}
+
+
+def key_share_over_series(series: list[tuple[int, torch.nn.Module]], keys_a: list[int],
+                          keys_b: list[int]) -> list[dict]:
+    """For each (step, model) snapshot: the share of each embedding's variance in the final
+    model's key frequencies `keys_a`, `keys_b` (does the Fourier structure form before test
+    accuracy rises?)."""
+    return [{"step": step,
+             "embed a variance in key freqs": explained_fraction(frequency_power(m.embed_a.weight), keys_a),
+             "embed b variance in key freqs": explained_fraction(frequency_power(m.embed_b.weight), keys_b)}
+            for step, m in series]
 
 
 # --- progress measures for the 1-layer transformer (input [a, b, =]) ---

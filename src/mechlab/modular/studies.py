@@ -99,7 +99,8 @@ THREE_LAYER_TRAIN = TrainConfig(max_steps=2000, lr=3e-3, weight_decay=1.0, betas
                                 schedule="cosine", min_lr_frac=0.01, grad_clip=1.0, eval_every=100, checkpoint_every=100,
                                 stop_metric="test_acc", stop_value=1.0, stop_patience=2, seed=0)
 
-STUDIES: dict[str, ModularStudy] = {s.name: s for s in [
+# The modular studies by name; each is also registered in the one registry, core.studies.STUDIES.
+MODULAR_STUDIES: dict[str, ModularStudy] = {s.name: s for s in [
     # B: Nanda et al.'s model and optimiser, with two documented changes to grok in CPU minutes:
     # learning rate 3e-3 (was 1e-3) and training fraction 0.5 (was 0.3).
     ModularStudy(
@@ -140,13 +141,13 @@ STUDIES: dict[str, ModularStudy] = {s.name: s for s in [
         train_fraction=0.8, split_seed=0, batch_size=512, export_dir=Path("checkpoints/three_layer/wd01"),
         note="as three_layer but weight decay 0.1: does the head taxonomy depend on strong weight decay?"),
 ]}
-for _spec in STUDIES.values():
+for _spec in MODULAR_STUDIES.values():
     register_study(_spec.study())
 
 
 def train_study(name: str, run_dir: Path | None = None, quick: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) study `name` into `run_dir` (default runs/<name>); `quick`: a 10-step run."""
-    print(STUDIES[name].split().describe())
+    print(MODULAR_STUDIES[name].split().describe())
     return get_study(name).train(run_dir, quick, progress)
 
 
@@ -166,7 +167,7 @@ def export_progress(name: str = "grokking_transformer", run_dir: Path | None = N
     """Progress measures (`grokking.progress_measures`) over the run's snapshots (at most
     `max_points`, evenly spaced), with the final model's key frequencies: out_dir/progress.json."""
     from mechlab.modular.grokking import progress_measures, weight_norm
-    study = STUDIES[name]
+    study = MODULAR_STUDIES[name]
     run_dir, out_dir = Path(run_dir or Path("runs") / name), Path(out_dir or Path("checkpoints") / name)
     final = load_checkpoint(out_dir / "model.pt", expected=study.model_config, device="cpu")
     keys = transformer_key_frequencies(final)
@@ -187,4 +188,4 @@ def export_progress(name: str = "grokking_transformer", run_dir: Path | None = N
 
 def load_series(path: Path, study_name: str) -> list[tuple[int, torch.nn.Module]]:
     """[(step, model)] from a committed float16 series.pt of study `study_name`, as float32 models."""
-    return load_series_of(path, STUDIES[study_name].model_config)
+    return load_series_of(path, MODULAR_STUDIES[study_name].model_config)
