@@ -155,3 +155,11 @@ def test_breakdown_splits_metrics_by_bucket_or_digit_layout():
     assert breakdown(metrics, "test", by="digits") == {"2+3": 0.8}
     with pytest.raises(ValueError, match="by 'bucket' or 'digits'"):
         breakdown(metrics, "test", by="sign")
+
+
+def test_readme_example_row_is_what_the_generator_writes(repo_root):
+    """The data-format example in README.md is a real row: right answer, right bucket."""
+    readme = (repo_root / "README.md").read_text()
+    shown = json.loads(re.search(r'^\{"a": .*\}$', readme, re.MULTILINE).group(0))
+    a, b, m = shown["a"], shown["b"], shown["m"]
+    assert shown == D.Example(a, b, m, D.bucket_of(a, b)).to_json()
