@@ -16,7 +16,8 @@
 #   make clean-reports  delete the rendered reports
 #
 # A report is re-made only when its notebook, a file in src/, data/manifest.json or a file in
-# checkpoints/ is newer than it. Conda users: `conda env create -f environment.yml`, activate,
+# checkpoints/ is newer than it; every run first checks data/*.jsonl against the manifest by hash
+# (an edited file is regenerated and named). Conda users: `conda env create -f environment.yml`, activate,
 # then `make all VENV=$CONDA_PREFIX`.
 
 SHELL := /bin/bash
@@ -44,11 +45,10 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 REPORT_HTML := $(patsubst notebooks/%.ipynb,$(REPORTS)/%.html,$(NOTEBOOKS))
 SRC := $(shell find src -name "*.py" | sort)
 CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
-DATA_FILES := $(addprefix data/,$(shell $(PYTHON) -c 'import json; print(" ".join(sorted(json.load(open("data/manifest.json"))["files"])))'))
 
 STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01
 
-.PHONY: all venv .venv data train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
+.PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
 all: $(REPORT_HTML)
 
@@ -64,8 +64,11 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 # ---- data and models ---------------------------------------------------------------------------
-$(DATA_FILES) &: data/manifest.json | $(VENV_STAMP)
-	$(PY) -m mechlab data data
+# Checked on every make run (a few seconds of hashing): a missing, edited or damaged data file is
+# regenerated, and `mechlab data` names each file it repairs. File times cannot show an edit.
+data-checked: | $(VENV_STAMP)
+	@$(PY) -c 'import sys; from mechlab.arithmetic.data import verify_against_manifest as v; sys.exit(bool(v("data")))' \
+	  || $(PY) -m mechlab data data
 
 data: | $(VENV_STAMP)
 	$(PY) -m mechlab data data
@@ -75,19 +78,19 @@ train: train-main
 # runs/NAME/ (resumed if interrupted) -> checkpoints/NAME/ (three_layer_wd01: checkpoints/three_layer/wd01/)
 # The committed grokking_transformer run was stopped by hand at epoch 425 (its study note).
 TRAIN_FLAGS_grokking_transformer := --stop-after-steps 425
-train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) $(DATA_FILES)
+train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
 	$(PY) -m mechlab $* evaluate --save
 
 # Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
-bench: | $(VENV_STAMP) $(DATA_FILES)
+bench: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab.bench.training
 	$(PY) -m mechlab.bench.patching --checkpoint checkpoints/main/model.pt
 
 # ---- reports -----------------------------------------------------------------------------------
 # Notebooks run one at a time in name order (.NOTPARALLEL), each in its own folder as cwd.
-$(REPORTS)/%.html: notebooks/%.ipynb $(SRC) data/manifest.json $(CHECKPOINTS) scripts/render_notebook.py | $(VENV_STAMP) $(DATA_FILES)
+$(REPORTS)/%.html: notebooks/%.ipynb $(SRC) data/manifest.json $(CHECKPOINTS) scripts/render_notebook.py | $(VENV_STAMP) data-checked
 	@mkdir -p $(@D)
 	$(PY) scripts/render_notebook.py $< $@ $(QUICK_FLAG)
 
