@@ -1,0 +1,51 @@
+"""Comparing a model's internals on two sets of prompts (e.g. in-distribution vs out-of-distribution):
+where its heads attend, and how far its activations move.
+
+* `mass_by_group`: attention mass from chosen destination positions to groups of source positions
+  (slots such as "tens digit of b", or plain absolute positions), averaged over prompts.
+* `total_variation`: how different two such mass profiles are (0 = the same, 1 = disjoint). A head
+  whose profile by *position* stays put while its profile by *slot* moves when the layout shifts
+  reads fixed positions, not tokens.
+* `activation_shift`: how far the mean activation of a component moves between two prompt sets, in
+  units of its spread on the reference set.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def mass_by_group(patterns: torch.Tensor, group_ids: torch.Tensor, dest_mask: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[*heads, n_groups]: attention mass summed over the source positions of each group, averaged
+    over the (prompt, destination position) pairs where `dest_mask` holds.
+
+    patterns: [batch, *heads, dest, src] (e.g. [batch, n_layers, n_heads, pos, pos]);
+    group_ids: [batch, pos] int64 group of every position; dest_mask: [batch, pos] bool.
+    """
+    if not dest_mask.any():
+        raise ValueError("dest_mask selects no destination position")
+    onehot = torch.nn.functional.one_hot(group_ids, n_groups).to(patterns.dtype)  # [batch, src, group]
+    mass = torch.einsum("b...ij,bjg->b...ig", patterns, onehot)  # [batch, *heads, dest, group]
+    dest = dest_mask.to(patterns.dtype)
+    return torch.einsum("b...ig,bi->...g", mass, dest) / dest.sum()
+
+
+def position_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, pos] int64: each position's own index, the grouping of `mass_by_group` by absolute position."""
+    return torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """[...]: half the L1 distance between two mass profiles [..., groups] (each summing to 1)."""
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def activation_shift(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """[...]: |mean(other) - mean(reference)| / spread(reference), per component.
+
+    reference: [n, ..., d], other: [m, ..., d] (e.g. [prompts, n_layers, d_model] at one position).
+    spread = sqrt(mean over reference prompts of |x - mean(reference)|^2): 0 means the mean did not
+    move, 1 means it moved as far as a typical reference activation lies from its own mean.
+    """
+    mean = reference.mean(0)
+    spread = (reference - mean).pow(2).sum(-1).mean(0).sqrt()
+    return (other.mean(0) - mean).norm(dim=-1) / spread
