@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mechlab.analysis.attention import attention_patterns
-from mechlab.analysis.compare import activation_shift, mass_by_group, position_ids, total_variation
+from mechlab.analysis.compare import activation_shift, mass_by_group, position_ids, reads_fixed_positions, total_variation
 
 
 def test_mass_by_group_sums_sources_and_averages_selected_destinations():
@@ -44,3 +44,13 @@ def test_activation_shift_is_in_units_of_the_reference_spread():
     torch.testing.assert_close(activation_shift(reference, moved), torch.ones(3))
     torch.testing.assert_close(activation_shift(reference, reference), torch.zeros(3))
     assert activation_shift(reference, reference * 3).max() < 0.2  # a wider set with the same mean barely shifts
+
+
+def test_a_head_that_keeps_its_positions_when_the_layout_shifts_reads_fixed_positions():
+    # in-distribution: attends to position 2, which holds slot 1; shifted layout: slot 1 moved to position 3
+    id_slot, id_pos = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0])
+    positional = (torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0]))  # same position, other slot
+    following = (torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 0.0, 1.0]))  # same slot, other position
+    tv = lambda shifted: (total_variation(id_slot, shifted[0]), total_variation(id_pos, shifted[1]))  # noqa: E731
+    assert reads_fixed_positions(*tv(positional)).item() is True
+    assert reads_fixed_positions(*tv(following)).item() is False

@@ -9,6 +9,7 @@ from mechlab.arithmetic.errors import (
     classify_answer,
     classify_answers,
     model_answers,
+    one_digit_moduli,
     same_answer_share,
     shuffled_answers,
     taxonomy_table,
@@ -89,3 +90,11 @@ def test_model_answers_are_the_greedy_answers_and_with_modulus_changes_only_the_
     assert same_answer_share(model_answers(oracle, rows), model_answers(oracle, moved)) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="one length"):
         same_answer_share(["1"], ["1", "2"])
+
+
+def test_one_digit_moduli_change_exactly_one_digit_and_never_lead_with_zero():
+    moduli = one_digit_moduli(113)
+    assert len(moduli) == 8 + 9 + 9  # hundreds 2..9, tens and units: nine other digits each
+    assert (100, 7, 713) in moduli and (10, 2, 123) in moduli and (1, 7, 117) in moduli
+    assert all(len(str(k)) == 3 and k != 113 for _, _, k in moduli)
+    assert all(sum(x != y for x, y in zip(str(k), "113")) == 1 for _, _, k in moduli)

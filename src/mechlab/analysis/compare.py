@@ -49,3 +49,13 @@ def activation_shift(reference: torch.Tensor, other: torch.Tensor) -> torch.Tens
     mean = reference.mean(0)
     spread = (reference - mean).pow(2).sum(-1).mean(0).sqrt()
     return (other.mean(0) - mean).norm(dim=-1) / spread
+
+
+POSITION_GAP = 0.2  # a head reads fixed positions when its profile by group moves this much more than by position
+
+
+def reads_fixed_positions(tv_by_group: torch.Tensor, tv_by_position: torch.Tensor, min_gap: float = POSITION_GAP) -> torch.Tensor:
+    """[...] bool: after a layout shift, the head's attention profile by token group (slot) moved at
+    least `min_gap` more (`total_variation`) than its profile by absolute position, i.e. it kept
+    attending to the same positions although other tokens sit there now."""
+    return tv_by_group - tv_by_position >= min_gap

@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.task import ArithmeticSplit, predicted_answers
+from mechlab.arithmetic.task import ArithmeticSplit, answer_logits, predicted_answers, teacher_forced_exact
+from mechlab.arithmetic.tokenizer import ANSWER_START
 
 OTHER_MODULI = (97, 113, 127)  # the training modulus and the moduli of the OOD sets
 CATEGORIES = ("correct", "other modulus", "wrap count", "one digit wrong", "digit dropped or added",
@@ -91,9 +92,24 @@ def shuffled_answers(answers: Sequence[str], seed: int = 0) -> list[str]:
     return shuffled
 
 
-def model_answers(model: torch.nn.Module, rows: Sequence[dict]) -> list[str]:
-    """The greedily generated answer to each data row's prompt (`task.predicted_answers`)."""
-    return predicted_answers(model, ArithmeticSplit.from_rows(list(rows)))
+@torch.no_grad()
+def model_answers(model: torch.nn.Module, rows: Sequence[dict], batch_size: int = 2048) -> list[str]:
+    """The greedily generated answer to each data row's prompt (`task.predicted_answers`).
+
+    Rows the model gets exactly right by one teacher-forced pass (`task.teacher_forced_exact`,
+    equal to greedy exact match) keep their true answer; only the others are decoded token by
+    token, which makes a mostly-right set about four times cheaper."""
+    split = ArithmeticSplit.from_rows(list(rows))
+    device = next(model.parameters()).device
+    right = torch.cat([teacher_forced_exact(answer_logits(model, t.to(device)), t[:, ANSWER_START:].to(device)).cpu()
+                       for t in split.tokens.split(batch_size)])
+    answers = [r["answer"] for r in split.rows]
+    wrong = (~right).nonzero().flatten().tolist()
+    if wrong:
+        decoded = predicted_answers(model, ArithmeticSplit(rows=[split.rows[i] for i in wrong], tokens=split.tokens[wrong]))
+        for i, answer in zip(wrong, decoded):
+            answers[i] = answer
+    return answers
 
 
 def with_modulus(rows: Sequence[dict], m: int) -> list[dict]:
@@ -107,3 +123,18 @@ def same_answer_share(x: Sequence[str], y: Sequence[str]) -> float:
     if len(x) != len(y) or not x:
         raise ValueError(f"need two non-empty answer lists of one length, got {len(x)} and {len(y)}")
     return sum(p == q for p, q in zip(x, y)) / len(x)
+
+
+def one_digit_moduli(m: int) -> list[tuple[int, int, int]]:
+    """Every modulus with the digit count of `m` that differs from it in exactly one digit, as
+    (place, digit, modulus): place 10**k of the changed digit, its new value, the modulus
+    (no leading zero). E.g. 113 -> (1, 7, 117), (10, 2, 123), (100, 7, 713), ..."""
+    text = str(m)
+    out = []
+    for k, old in enumerate(text):
+        place = 10 ** (len(text) - 1 - k)
+        for digit in range(10):
+            if str(digit) == old or (k == 0 and digit == 0 and len(text) > 1):
+                continue
+            out.append((place, digit, int(text[:k] + str(digit) + text[k + 1:])))
+    return out
