@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from mechlab.analysis.attention import attention_patterns
-from mechlab.analysis.compare import activation_shift, mass_by_group, position_ids, reads_fixed_positions, total_variation
+from mechlab.analysis.compare import (
+    activation_shift,
+    mass_by_group,
+    position_ids,
+    position_remap_hook,
+    reads_fixed_positions,
+    total_variation,
+)
 
 
 def test_mass_by_group_sums_sources_and_averages_selected_destinations():
@@ -54,3 +61,20 @@ def test_a_head_that_keeps_its_positions_when_the_layout_shifts_reads_fixed_posi
     tv = lambda shifted: (total_variation(id_slot, shifted[0]), total_variation(id_pos, shifted[1]))  # noqa: E731
     assert reads_fixed_positions(*tv(positional)).item() is True
     assert reads_fixed_positions(*tv(following)).item() is False
+
+
+def test_position_remap_hook_is_a_no_op_for_the_identity_and_moves_embeddings_otherwise(tiny_model, tiny_config):
+    tokens = torch.randint(0, tiny_config.d_vocab, (3, 6), generator=torch.Generator().manual_seed(1))
+    clean = tiny_model(tokens)
+    with tiny_model.hooks(fwd_hooks=[position_remap_hook(tiny_model, torch.arange(4))]):  # shorter than the input
+        torch.testing.assert_close(tiny_model(tokens), clean)
+    swap = torch.tensor([0, 2, 1, 3, 4, 5])
+    with tiny_model.hooks(fwd_hooks=[position_remap_hook(tiny_model, swap)]):
+        moved = tiny_model(tokens)
+        shorter = tiny_model(tokens[:, :3])  # inputs shorter than the index (greedy decoding) use its start
+    assert not torch.allclose(moved, clean)
+    torch.testing.assert_close(shorter, moved[:, :3])
+    original = tiny_model.W_pos.data.clone()
+    tiny_model.W_pos.data[:6] = original[swap]
+    torch.testing.assert_close(tiny_model(tokens), moved)
+    tiny_model.W_pos.data.copy_(original)

@@ -11,6 +11,7 @@ from mechlab.arithmetic.errors import (
     model_answers,
     one_digit_moduli,
     same_answer_share,
+    shifted_operand_positions,
     shuffled_answers,
     taxonomy_table,
     with_modulus,
@@ -98,3 +99,15 @@ def test_one_digit_moduli_change_exactly_one_digit_and_never_lead_with_zero():
     assert (100, 7, 713) in moduli and (10, 2, 123) in moduli and (1, 7, 117) in moduli
     assert all(len(str(k)) == 3 and k != 113 for _, _, k in moduli)
     assert all(sum(x != y for x, y in zip(str(k), "113")) == 1 for _, _, k in moduli)
+
+
+def test_shifting_the_operands_by_one_puts_them_where_a_two_digit_modulus_puts_them():
+    from mechlab.arithmetic.roles import position_slots
+    from mechlab.arithmetic.task import TOKENIZER
+
+    slots113 = position_slots(TOKENIZER.encode_prompts(["123 + 456 mod 113 ="]))[0]
+    slots97 = position_slots(TOKENIZER.encode_prompts(["123 + 456 mod 97 ="]))[0]
+    index = shifted_operand_positions(1)
+    moved = {int(index[p]): s for p, s in enumerate(slots113) if s.startswith(("a:", "b:", "+"))}
+    assert moved == {p: s for p, s in enumerate(slots97) if s.startswith(("a:", "b:", "+"))}
+    assert index[0] == 0 and index[-1] == len(index) - 1  # <bos> and the answer stay

@@ -11,6 +11,8 @@ where its heads attend, and how far its activations move.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -59,3 +61,14 @@ def reads_fixed_positions(tv_by_group: torch.Tensor, tv_by_position: torch.Tenso
     least `min_gap` more (`total_variation`) than its profile by absolute position, i.e. it kept
     attending to the same positions although other tokens sit there now."""
     return tv_by_group - tv_by_position >= min_gap
+
+
+def position_remap_hook(model, index: torch.Tensor) -> tuple[str, Callable]:
+    """A forward hook ("hook_pos_embed", fn) under which position p gets the learned positional
+    embedding of position `index[p]` ([n] int64; positions from n on keep their own), e.g. to
+    show a model its usual tokens at the positions another layout puts them."""
+    def hook(pos_embed: torch.Tensor, hook) -> torch.Tensor:  # [batch, pos, d_model]
+        n = pos_embed.shape[1]
+        full = torch.cat([index[:n], torch.arange(min(len(index), n), n)]).to(pos_embed.device)
+        return model.W_pos[full].to(pos_embed.dtype).expand_as(pos_embed).clone()
+    return "hook_pos_embed", hook

@@ -28,7 +28,7 @@ import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
 from mechlab.arithmetic.task import ArithmeticSplit, answer_logits, predicted_answers, teacher_forced_exact
-from mechlab.arithmetic.tokenizer import ANSWER_START
+from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN
 
 OTHER_MODULI = (97, 113, 127)  # the training modulus and the moduli of the OOD sets
 CATEGORIES = ("correct", "other modulus", "wrap count", "one digit wrong", "digit dropped or added",
@@ -138,3 +138,14 @@ def one_digit_moduli(m: int) -> list[tuple[int, int, int]]:
                 continue
             out.append((place, digit, int(text[:k] + str(digit) + text[k + 1:])))
     return out
+
+
+def shifted_operand_positions(shift: int, modulus_digits: int = 3) -> torch.Tensor:
+    """[MODEL_INPUT_LEN] int64 position index for `compare.position_remap_hook`: every prompt
+    position before the modulus digits of a prompt whose modulus has `modulus_digits` digits
+    (the padding, both operands, "+" and "mod") moves by `shift`; <bos>, the modulus, "=" and the
+    answer keep theirs. shift=1 on a "mod 113" prompt puts a and b where a "mod 97" prompt has them."""
+    first_modulus_pos = EQUALS_POS - 1 - modulus_digits
+    index = torch.arange(MODEL_INPUT_LEN)
+    index[1:first_modulus_pos] += shift
+    return index
