@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from mechlab.analysis.compare import mass_by_group
 from mechlab.arithmetic.tokenizer import DIGIT_IDS, VOCAB, ArithmeticTokenizer
 
 ROLES: tuple[str, ...] = ("bos", "pad", "a", "space", "+", "b", "mod", "m", "=", "answer", "eos")
@@ -226,12 +227,10 @@ def head_role_table(patterns: torch.Tensor, tokens: torch.Tensor) -> pd.DataFram
     """
     roles = role_ids(tokens)
     batch, n_layers, n_heads, n_pos, _ = patterns.shape
-    onehot = torch.nn.functional.one_hot(roles, len(ROLES)).to(patterns.dtype)  # [b, pos, r]
-    role_mass = torch.einsum("blhij,bjr->blhir", patterns, onehot)  # [b, l, h, dest, role]
-    dest = answer_predicting_mask(tokens).to(patterns.dtype)  # [b, pos]
-    if dest.sum() == 0:
+    dest = answer_predicting_mask(tokens)  # [b, pos]
+    if not dest.any():
         raise ValueError("no answer-predicting positions: pass tokens that include the answers")
-    answer_mass = torch.einsum("blhir,bi->lhr", role_mass, dest) / dest.sum()
+    answer_mass = mass_by_group(patterns, roles, dest, len(ROLES))  # [l, h, role]
 
     special = (roles == ROLE_INDEX["pad"]) | (roles == ROLE_INDEX["bos"])
     real = ~special

@@ -83,10 +83,14 @@ def greedy_answers(model: torch.nn.Module, prompts: torch.Tensor, batch_size: in
     return torch.cat(outputs)
 
 
+def predicted_answers(model: torch.nn.Module, split: ArithmeticSplit) -> list[str]:
+    """The greedily generated answer of each row as text (the tokens up to <eos>, e.g. "14")."""
+    return [TOKENIZER.decode_answer(g) for g in greedy_answers(model, split.prompts)]
+
+
 def exact_match(model: torch.nn.Module, split: ArithmeticSplit) -> torch.Tensor:
     """[n] bool: the greedily generated answer (digits up to <eos>) equals the true answer."""
-    generated = greedy_answers(model, split.prompts)
-    predicted = [TOKENIZER.decode_answer(g) for g in generated]
+    predicted = predicted_answers(model, split)
     return torch.tensor([p == r["answer"] for p, r in zip(predicted, split.rows)])
 
 
