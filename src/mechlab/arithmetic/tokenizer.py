@@ -2,7 +2,7 @@
 
 Sequence layout used everywhere (training, evaluation, analysis):
 
-    <bos> <pad>*k  2 3 4 ␣ + ␣ 5 6 7 ␣ m o d ␣ 1 1 3 ␣ =  1 4 <eos> <pad>*j
+    <bos> <pad>*k  2 3 4 ␣ + ␣ 5 6 7 ␣ m o d ␣ 1 1 3 ␣ =  1 0 <eos> <pad>*j
     |---- prompt, left-padded to PROMPT_WIDTH chars ----|  |- answer -|
 
 Left-padding every prompt to the same width puts `=` at the same position
