@@ -44,6 +44,8 @@ def evenly_spaced(items: list, n: int) -> list:
 def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 0) -> Path:
     """Write the committed layout (module docstring) for the run in `run_dir`; returns the model path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"export folder {out_dir} is a file, not a folder")
     last = load_torch_dict(run_dir / "last.pt", "run checkpoint")
     model = build(model_config, "cpu")
     model.load_state_dict(last["state_dict"])
