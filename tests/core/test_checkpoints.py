@@ -102,11 +102,11 @@ def test_an_interrupted_save_leaves_a_file_that_matches_its_record(tmp_path, mon
     def crash_on_final_update(p, digest):
         calls.append(digest)
         if isinstance(digest, str):  # the final update: simulate the kill here
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("killed before the final update")
         original(p, digest)
 
     monkeypatch.setattr(io_module, "_record_checksum", crash_on_final_update)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed before the final update"):
         torch_save_atomic(path, {"step": 2})
     monkeypatch.undo()
     assert load_torch_file(path) == {"step": 2}
