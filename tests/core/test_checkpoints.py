@@ -49,6 +49,8 @@ def test_one_loader_rebuilds_a_transformer_and_the_grokking_mlp(tmp_path):
         for key, value in model.state_dict().items():
             torch.testing.assert_close(loaded.state_dict()[key], value.cpu())
     assert isinstance(load_checkpoint(tmp_path / "mlp" / "model.pt"), ModularMLP)
+    with pytest.raises(CheckpointMismatchError, match="mlp/model.pt holds a 'modular_mlp' model, expected a 'transformer'"):
+        load_checkpoint(tmp_path / "mlp" / "model.pt", expected=transformer.mechlab_config)
 
 
 def test_loading_names_what_is_wrong(tmp_path):

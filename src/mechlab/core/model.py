@@ -116,7 +116,11 @@ def _short(value: Any, limit: int = 40) -> str:
 
 
 def check_config_matches(saved: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    """Raise CheckpointMismatchError listing, in one line, every field where `saved` differs from `expected`."""
+    """Raise CheckpointMismatchError naming the model kinds when they differ, else listing in one line
+    every field where `saved` differs from `expected`."""
+    kinds = saved.get("kind", "transformer"), expected.get("kind", "transformer")
+    if kinds[0] != kinds[1]:
+        raise CheckpointMismatchError(f"{path} holds a {kinds[0]!r} model, expected a {kinds[1]!r} model")
     diffs = [f"{k}: checkpoint has {_short(saved.get(k))}, expected {_short(expected.get(k))}"
              for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
     if diffs:
