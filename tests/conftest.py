@@ -83,15 +83,21 @@ def arithmetic_oracle():
     return ArithmeticOracle
 
 
-@pytest.fixture(scope="session")
-def tiny_task():
-    """The main task on the first 600 rows of each split (made in memory from the data seed)."""
+def make_tiny_task():
+    """The main task on the first 600 rows of each split (made in memory from the data seed); also
+    what a test's subprocess builds (tests/core/test_resume.py)."""
     from mechlab.arithmetic.data import make_splits
     from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask
 
     rows = {name: [e.to_json() for e in examples[:600]] for name, examples in make_splits().items()}
     return ArithmeticTask(ArithmeticSplit.from_rows(rows["train"]), ArithmeticSplit.from_rows(rows["val"]),
                           batch_size=32, seed=0, train_eval_size=100)
+
+
+@pytest.fixture(scope="session")
+def tiny_task():
+    """`make_tiny_task()`, once per session."""
+    return make_tiny_task()
 
 
 @pytest.fixture(scope="session")

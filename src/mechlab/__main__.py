@@ -38,23 +38,34 @@ USER_ERRORS = (data.DataError, TokenizerError, CheckpointFileError, ChecksumMism
 COMMANDS = ("train", "export", "evaluate", "sweep")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of steps, examples or threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mechlab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("--quick", action="store_true", help="a few steps on a small slice of the data (tests)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--run-dir", type=Path, help="training run folder (default runs/<study>)")
     p.add_argument("--out", type=Path, help="export folder (default: the study's committed checkpoint folder)")
-    p.add_argument("--limit", type=int, help="evaluate: only the first N examples of each data set (main)")
+    p.add_argument("--limit", type=positive_int, help="evaluate: only the first N examples of each data set (main)")
     p.add_argument("--data-dir", type=Path, help="main: the data folder (default data)")
     p.add_argument("--save", action="store_true", help="evaluate: also write the results into the export folder")
     main = p.add_argument_group("main study, train")
     main.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")
     main.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
     main.add_argument("--min-lr-frac", type=float, help="override the cosine's floor (fraction of the peak lr)")
-    main.add_argument("--stop-after-steps", type=int, help="pause the run at this step")
+    main.add_argument("--stop-after-steps", type=positive_int, help="pause the run at this step")
     main.add_argument("--length-balance", type=float, help="draw rare digit layouts more often (0-1)")
     main.add_argument("--rebalance-from", type=int, help="... from this step on")
     main.add_argument("--variant", nargs="*", default=list(main_study.RECIPE_VARIANTS),
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     study = get_study(args.study)
     out = args.out or study.export_dir
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
     if args.command == "train":
         result = study.train(args.run_dir, args.quick, progress=sys.stderr.isatty(),
                              stop_after_steps=args.stop_after_steps,

@@ -49,6 +49,29 @@ def mlp1_norm(model) -> dict[str, float]:
     return {"acc": float(norm > 0), "norm": norm}
 
 
+class OracleGatedByMLP1(torch.nn.Module):
+    """The arithmetic oracle's answers while MLP 1 of `base` writes anything on a row, and a wrong
+    token everywhere once it writes nothing: a model that gets answers right, and whose score an
+    ablation can break. Hooks, config and caching are `base`'s, so every ablation helper accepts it."""
+
+    def __init__(self, base, oracle):
+        super().__init__()
+        self.base, self.oracle, self.cfg = base, oracle, base.cfg
+        self.hooks, self.run_with_cache = base.hooks, base.run_with_cache
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos, d_vocab]
+        _, cache = self.base.run_with_cache(tokens, names_filter="blocks.1.hook_mlp_out")
+        writes = cache["blocks.1.hook_mlp_out"].flatten(1).norm(dim=1) > 0  # [batch]
+        right = self.oracle(tokens)
+        return torch.where(writes[:, None, None], right, right.roll(1, dims=-1))  # rolled: every argmax is wrong
+
+
+@pytest.fixture
+def gated(tiny_model, arithmetic_oracle):
+    """Right on every row with (a + b) % 3 != 0 until MLP 1 is silenced."""
+    return OracleGatedByMLP1(tiny_model, arithmetic_oracle(wrong=lambda a, b, m: (a + b) % 3 == 0))
+
+
 def test_components(tiny_config):
     comps = all_components(tiny_config)
     assert [c.name for c in comps] == ["L0H0", "L0H1", "L1H0", "L1H1", "MLP0", "MLP1", "layer0", "layer1"]
@@ -96,10 +119,22 @@ def test_resample_is_the_same_on_every_call(tiny_model, data):
     a = evaluate_ablated(tiny_model, score, [Component("mlp", 0)], "resample", ref, seed=3)
     b = evaluate_ablated(tiny_model, score, [Component("mlp", 0)], "resample", ref, seed=3)
     assert a == b
-    # teacher-forced and greedy exact match agree under ablation too
-    greedy = partial(evaluate_split, split=test, prefix="ablated", greedy=True)
-    g = evaluate_ablated(tiny_model, greedy, [Component("mlp", 0)], "resample", ref, seed=3)
-    assert g["ablated_exact"] == a["ablated_exact"]
+    other_seed = evaluate_ablated(tiny_model, score, [Component("mlp", 0)], "resample", ref, seed=4)
+    assert other_seed["ablated_loss"] != a["ablated_loss"]  # the seed picks the draws
+
+
+def test_teacher_forced_and_greedy_exact_match_agree_under_ablation(gated, data):
+    test, ref_split = data
+    ref = reference_activations(gated.base, ref_split.tokens[:, :MODEL_INPUT_LEN])
+    expected = sum((r["a"] + r["b"]) % 3 != 0 for r in test.rows) / len(test)
+    for components, exact in (([Component("mlp", 0)], expected), ([Component("mlp", 1)], expected), ([], expected)):
+        for method in ("resample", "mean"):
+            scores = [evaluate_ablated(gated, partial(evaluate_split, split=test, prefix="ablated", greedy=greedy),
+                                       components, method, ref, seed=3)["ablated_exact"] for greedy in (False, True)]
+            assert scores == [pytest.approx(exact)] * 2
+    silenced = [evaluate_ablated(gated, partial(evaluate_split, split=test, prefix="ablated", greedy=greedy),
+                                 [Component("mlp", 1)], "zero")["ablated_exact"] for greedy in (False, True)]
+    assert silenced == [0.0, 0.0] and 0.5 < expected < 0.9
 
 
 def test_the_score_sees_the_ablation_and_only_while_it_lasts(tiny_model):
@@ -131,22 +166,29 @@ def test_a_task_object_is_a_score(tiny_model):
     assert table["score"].tolist() == [0.0, 1.0] and table["relative drop"].tolist() == [1.0, 0.0]
 
 
-def test_sweep_and_pairs_on_the_arithmetic_score(tiny_model, tiny_config, data):
+def test_sweep_and_pairs_on_the_arithmetic_score(gated, tiny_config, data):
     test, ref_split = data
-    ref = reference_activations(tiny_model, ref_split.tokens[:, :MODEL_INPUT_LEN])
+    ref = reference_activations(gated.base, ref_split.tokens[:, :MODEL_INPUT_LEN])
     score = partial(evaluate_split, split=test, prefix="ablated")
     buckets = sorted({r["bucket"] for r in test.rows})
-    df = ablation_sweep(tiny_model, score, heads(tiny_config), ("zero", "mean"), ref, metric="ablated_exact",
-                        groups=buckets)
-    assert len(df) == 1 + 2 * 4
-    base = evaluate_split(tiny_model, test, "x")
-    assert df.loc[df.component == "none", "score"].item() == base["x_exact"]
+    components = heads(tiny_config) + [Component("mlp", 0), Component("mlp", 1)]
+    df = ablation_sweep(gated, score, components, ("zero", "mean"), ref, metric="ablated_exact",
+                        groups=buckets).set_index(["component", "method"])
+    assert len(df) == 1 + 2 * 6
+    base = evaluate_split(gated, test, "x")
+    assert 0.5 < base["x_exact"] < 0.9  # partly right: a score that can drop, and not only to itself
+    assert df.loc[("none", "none"), "score"] == base["x_exact"]
     assert [c for c in df.columns if c.startswith("drop/")] == [f"drop/{b}" for b in buckets]
-    assert df.loc[df.component == "none", f"score/{buckets[0]}"].item() == base[f"x_exact/{buckets[0]}"]
-    pairs = pairwise_ablation(tiny_model, score, heads(tiny_config)[:3], "zero", ref, single=df, metric="ablated_exact")
-    assert len(pairs) == 3
-    row = pairs.iloc[0]
-    assert row["excess"] == pytest.approx(row["drop_pair"] - row["drop_a"] - row["drop_b"])
+    for bucket in buckets:
+        assert df.loc[("none", "none"), f"score/{bucket}"] == base[f"x_exact/{bucket}"]
+        assert df.loc[("MLP1", "zero"), f"drop/{bucket}"] == base[f"x_exact/{bucket}"]  # silenced: all wrong
+    assert df.loc[("MLP1", "zero"), "drop"] == base["x_exact"] and df.loc[("MLP1", "zero"), "impact"] == "critical"
+    others = df.drop(index=[("none", "none"), ("MLP1", "zero")])
+    assert (others["drop"] == 0.0).all()  # MLP 1 still writes something under every other ablation
+    pairs = pairwise_ablation(gated, score, [Component("head", 0, 0), Component("mlp", 1)], "zero", ref,
+                              metric="ablated_exact")
+    assert pairs[["drop_a", "drop_b", "drop_pair"]].iloc[0].tolist() == [0.0, base["x_exact"], base["x_exact"]]
+    assert pairs["excess"].iloc[0] == 0.0
 
 
 def test_impact_class():

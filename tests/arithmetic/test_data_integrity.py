@@ -42,7 +42,8 @@ def test_a_row_whose_answer_disagrees_with_its_operands_names_file_and_line(data
 
 
 @pytest.mark.parametrize("line, message", [("{oops\n", r"bad.jsonl:2: not a JSON row"),
-                                           ('{"a": 1, "b": 2}\n', r"bad.jsonl:2: a row needs the keys"),
+                                           ('{"a": 1, "b": 2}\n', r"bad.jsonl:2: the row has no 'm', 'prompt', 'answer', 'bucket'"),
+                                           ("[1, 2]\n", r"bad.jsonl:2: a row must be a JSON object .* got a list"),
                                            ("\n", r"bad.jsonl:2: not a JSON row")])
 def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     good = json.dumps({"a": 1, "b": 2, "m": 113, "prompt": "1 + 2 mod 113 =", "answer": "3", "bucket": "edge"})

@@ -1,12 +1,17 @@
 """Nothing lost, nothing repeated: pauses, crashes, damaged checkpoints and finished runs."""
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from mechlab.arithmetic.tokenizer import VOCAB
-from mechlab.core.io import CheckpointFileError
+from mechlab.core.io import CheckpointFileError, load_torch_dict
 from mechlab.core.model import ModelConfig, build_model
 from mechlab.core.train import TrainConfig, load_history, train
 
@@ -122,3 +127,47 @@ def test_a_run_directory_that_is_a_file_is_named(tiny_task, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(NotADirectoryError, match="run directory .*afile is a file"):
         run(tiny_task, tmp_path / "afile")
+
+
+class SlowTask:
+    """`task`, sleeping before each step's loss: a run slow enough to be killed in the middle."""
+
+    def __init__(self, task, seconds: float = 0.3):
+        self.task, self.seconds = task, seconds
+
+    def batch(self, step):
+        return self.task.batch(step)
+
+    def loss(self, model, batch):
+        time.sleep(self.seconds)
+        return self.task.loss(model, batch)
+
+    def evaluate(self, model):
+        return self.task.evaluate(model)
+
+
+TESTS = Path(__file__).resolve().parents[1]
+KILLED_RUN = f"""
+import sys
+sys.path[:0] = [{str(TESTS)!r}, {str(TESTS / "core")!r}]
+from conftest import make_tiny_task
+from test_resume import SMALL, SlowTask, recipe
+from mechlab.core.model import build_model
+from mechlab.core.train import train
+train(build_model(SMALL, device="cpu"), SlowTask(make_tiny_task()), recipe(), sys.argv[1], progress=False)
+"""
+
+
+def test_a_run_killed_by_sigkill_resumes_to_the_same_weights(tiny_task, reference, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path)], env=os.environ.copy())
+    deadline = time.time() + 300
+    while not (tmp_path / "step_000004.pt").exists():  # the first checkpoint (every 4 steps)
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)  # into steps 5-6
+    process.kill()
+    assert process.wait() == -9
+    assert load_torch_dict(tmp_path / "last.pt")["step"] in (4, 8)  # killed before the end
+    resumed, result = run(tiny_task, tmp_path)  # a fresh model: the weights come from disk
+    assert result.steps == 12 and same_weights(resumed, reference[0])
+    assert without_time(result.history) == without_time(reference[1])

@@ -50,5 +50,5 @@ def test_export_writes_the_committed_layout_and_the_series_reads_back(tiny_confi
     weight = next(iter(tiny_model.state_dict()))
     torch.testing.assert_close(series[-1][1].state_dict()[weight].double(),
                                tiny_model.state_dict()[weight].half().double())  # stored as float16
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no checkpoint file at .*no_run/last.pt"):
         export_run(tmp_path / "no_run", tmp_path / "out2", tiny_config)

@@ -82,6 +82,6 @@ def test_cli_trains_exports_and_evaluates_a_study(tmp_path):
 
 
 def test_cli_refuses_an_unknown_study(tmp_path):
-    with pytest.raises(subprocess.CalledProcessError) as error:
+    with pytest.raises(subprocess.CalledProcessError, match="returned non-zero exit status 2") as error:
         run_cli("nope", "train", cwd=tmp_path)
     assert "invalid choice: 'nope'" in error.value.stderr

@@ -165,8 +165,13 @@ ROW_KEYS = ("a", "b", "m", "prompt", "answer", "bucket")
 
 def check_row(row: object, where: str) -> dict:
     """`row` if it has every key and its prompt and answer agree with its a, b, m; else DataError at `where`."""
-    if not isinstance(row, dict) or any(key not in row for key in ROW_KEYS):
-        raise DataError(f"{where}: a row needs the keys {', '.join(ROW_KEYS)}")
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object with the keys {', '.join(ROW_KEYS)}, "
+                        f"got a {type(row).__name__}")
+    missing = [key for key in ROW_KEYS if key not in row]
+    if missing:
+        raise DataError(f"{where}: the row has no {', '.join(repr(k) for k in missing)} "
+                        f"(a row needs the keys {', '.join(ROW_KEYS)})")
     try:
         problem = Problem(row["a"], row["b"], row["m"])
     except TokenizerError as error:

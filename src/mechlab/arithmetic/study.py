@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, main_model_config
-from mechlab.core.io import load_torch_file, write_json_atomic
+from mechlab.core.io import load_torch_dict, write_json_atomic
 from mechlab.core.model import build_model, load_checkpoint
 from mechlab.core.runs import first_reaching
 from mechlab.core.studies import Study, register_study
@@ -142,7 +142,7 @@ def load_analysis_model(checkpoint, allow_random: bool = False, device: str = "c
         print(f"WARNING: no checkpoint at {path}; using a randomly initialised main model (quick mode only)")
         model, what = build_model(main_model_config(), device=device), "random init (no checkpoint)"
     else:
-        ckpt = load_torch_file(path)
+        ckpt = load_torch_dict(path, "model checkpoint or snapshot")
         if "config" in ckpt:
             model = load_checkpoint(path, expected=main_model_config(), device=device)
         else:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -75,7 +76,8 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
     path = Path(path)
 
     def save_and_record(tmp: Path) -> None:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # through a stream, the archive is named "archive", not after the temp
+            torch.save(obj, f)  # file's random name: the same object always gives the same bytes and sha256
         new = sha256_file(tmp)
         old = _read_checksums(path.parent).get(path.name)
         accepted = [new] + ([old] if isinstance(old, str) and old != new else [])
@@ -135,14 +137,38 @@ def load_torch_file(path: Path) -> Any:
     that does not match its recorded sha256 with ChecksumMismatchError, and one torch cannot read
     (truncated, not a torch file) with CheckpointFileError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     verify_checksum(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UnsafeCheckpointError(f"{path} is not a plain weights file and was not loaded (loading it would "
-                                    f"run code from it): {str(error).splitlines()[0]}") from None
+        unsafe = re.search(r"GLOBAL [\w.]+", str(error))
+        if unsafe:
+            raise UnsafeCheckpointError(f"{path} is not a plain weights file and was not loaded (loading it would "
+                                        f"run code from it): it asks for {unsafe.group()}") from None
+        raise CheckpointFileError(f"{path} is not a readable torch file (truncated or damaged?): "
+                                  f"{_first_line(error)}") from None
     except Exception as error:  # torch's reader on a truncated or foreign file fails in many ways
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointFileError(f"{path} is not a readable torch file (truncated or damaged?): {detail}") from None
+        raise CheckpointFileError(f"{path} is not a readable torch file (truncated or damaged?): "
+                                  f"{_first_line(error)}") from None
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    """The error as `Type: first line of its message`, cut to `limit` characters (torch's texts run long)."""
+    unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))  # the cause, inside torch's long advice
+    lines = [unpickler.group(1)] if unpickler else str(error).splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines and lines[0] else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_torch_dict(path: Path, what: str = "checkpoint") -> dict:
+    """`load_torch_file(path)`, which must hold a dict (every mechlab torch file does); anything else
+    (a bare tensor, a list) is a CheckpointFileError naming the file and what it holds."""
+    obj = load_torch_file(path)
+    if not isinstance(obj, dict):
+        raise CheckpointFileError(f"{path} holds a {type(obj).__name__}, not a {what} (a dict); "
+                                  "was it written by mechlab?")
+    return obj

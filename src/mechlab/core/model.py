@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
+from mechlab.core.io import load_torch_dict, torch_save_atomic, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -106,12 +106,25 @@ def save_checkpoint(model: torch.nn.Module, cfg: Any, path: Path, extra: dict[st
     write_json_atomic(path.parent / "config.json", cfg.to_json())
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """`repr(value)`, or for a long one (a vocabulary) its start and length."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} items)" if isinstance(value, (list, tuple)) else ""
+    return text[:limit] + "..." + size
+
+
 def check_config_matches(saved: dict[str, Any], expected: dict[str, Any], path: Path) -> None:
-    """Raise CheckpointMismatchError listing every field where `saved` differs from `expected`."""
-    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, expected {expected.get(k)!r}"
+    """Raise CheckpointMismatchError naming the model kinds when they differ, else listing in one line
+    every field where `saved` differs from `expected`."""
+    kinds = saved.get("kind", "transformer"), expected.get("kind", "transformer")
+    if kinds[0] != kinds[1]:
+        raise CheckpointMismatchError(f"{path} holds a {kinds[0]!r} model, expected a {kinds[1]!r} model")
+    diffs = [f"{k}: checkpoint has {_short(saved.get(k))}, expected {_short(expected.get(k))}"
              for k in sorted(set(saved) | set(expected)) if saved.get(k) != expected.get(k)]
     if diffs:
-        raise CheckpointMismatchError(f"{path} was saved for another config:\n  " + "\n  ".join(diffs))
+        raise CheckpointMismatchError(f"{path} was saved for another config ({'; '.join(diffs)})")
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ def load_checkpoint(path: Path, expected: Any | None = None, device: torch.devic
     If `expected` (a config) is given, the checkpoint's config, vocabulary included, must match it
     exactly, or CheckpointMismatchError is raised."""
     path = Path(path)
-    ckpt = load_torch_file(path)
+    ckpt = load_torch_dict(path, "model checkpoint")
     if "config" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"{path} is not a model checkpoint (it has no config and state_dict)")
     if expected is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mechlab.core.io import load_torch_file, torch_save_atomic, write_json_atomic
+from mechlab.core.io import load_torch_dict, torch_save_atomic, write_json_atomic
 from mechlab.core.model import build, save_checkpoint
 
 
@@ -44,7 +44,9 @@ def evenly_spaced(items: list, n: int) -> list:
 def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 0) -> Path:
     """Write the committed layout (module docstring) for the run in `run_dir`; returns the model path."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    last = load_torch_file(run_dir / "last.pt")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"export folder {out_dir} is a file, not a folder")
+    last = load_torch_dict(run_dir / "last.pt", "run checkpoint")
     model = build(model_config, "cpu")
     model.load_state_dict(last["state_dict"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 
     if n_series:
         series = {"steps": [], "state_dicts": []}
         for path in evenly_spaced(snapshot_paths(run_dir), n_series):
-            snap = load_torch_file(path)
+            snap = load_torch_dict(path, "snapshot")
             series["steps"].append(snap["step"])
             # float16 keeps the committed series small; load_series converts back to float32
             series["state_dicts"].append({k: v.half() for k, v in snap["state_dict"].items()})
@@ -68,7 +70,7 @@ def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 
 
 def load_series(path: Path, model_config: Any) -> list[tuple[int, torch.nn.Module]]:
     """[(step, model)] from a series.pt written by `export_run`, as float32 models of `model_config`."""
-    series = load_torch_file(path)
+    series = load_torch_dict(path, "snapshot series")
     out = []
     for step, state_dict in zip(series["steps"], series["state_dicts"]):
         model = build(model_config, "cpu")

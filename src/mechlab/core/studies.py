@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mechlab.core.io import load_torch_file, write_json_atomic
+from mechlab.core.io import load_torch_dict, write_json_atomic
 from mechlab.core.model import build, count_parameters
 from mechlab.core.runs import export_run
 from mechlab.core.train import TrainConfig, TrainResult, train
@@ -78,7 +78,7 @@ class Study:
         n_series = min(self.n_series, QUICK_SERIES) if quick else self.n_series
         path = export_run(run_dir, out_dir, self.model_config, n_series)
         if self.record is not None:
-            last = load_torch_file(run_dir / "last.pt")
+            last = load_torch_dict(run_dir / "last.pt", "run checkpoint")
             history = json.loads((out_dir / "metrics.json").read_text())
             write_json_atomic(out_dir / "study.json", {**self.record(), "steps": last["step"],
                                                         "seconds": last["seconds"], "final": history[-1]})

@@ -35,7 +35,7 @@ from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipyw
 from mechlab.core.io import (
     CheckpointFileError,
     ChecksumMismatchError,
-    load_torch_file,
+    load_torch_dict,
     move_file,
     torch_save_atomic,
     write_json_atomic,
@@ -311,7 +311,7 @@ def _read_run_state(run_dir: Path) -> tuple[Path, dict]:
         if not path.exists():
             continue
         try:
-            ckpt = load_torch_file(path)
+            ckpt = load_torch_dict(path, "run checkpoint")
         except (CheckpointFileError, ChecksumMismatchError) as error:
             problems.append(str(error))
             continue

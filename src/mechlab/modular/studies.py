@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mechlab.core.io import load_torch_file, write_json_atomic
+from mechlab.core.io import load_torch_dict, write_json_atomic
 from mechlab.core.model import ModelConfig, build, load_checkpoint
 from mechlab.core.runs import load_series as load_series_of
 from mechlab.core.runs import snapshot_paths
@@ -177,7 +177,7 @@ def export_progress(name: str = "grokking_transformer", run_dir: Path | None = N
     chosen = sorted(set(snaps[::stride]) | {snaps[-1]})
     rows = []
     for path in chosen:
-        snap = load_torch_file(path)
+        snap = load_torch_dict(path, "snapshot")
         model = study.build("cpu")
         model.load_state_dict(snap["state_dict"])
         rows.append({"step": snap["step"], "weight_norm": weight_norm(model),
