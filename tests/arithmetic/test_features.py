@@ -1,0 +1,45 @@
+"""The candidate-feature table: every feature of a few problems by hand, and the residue grid."""
+from __future__ import annotations
+
+from mechlab.arithmetic.data import MODULUS
+from mechlab.arithmetic.features import (
+    FEATURES,
+    NEURON_KIND_BY_FAMILY,
+    NO_DIGIT,
+    feature_table,
+    feature_values,
+    residue_grid_rows,
+)
+
+
+def test_feature_values_of_one_problem():
+    v = feature_values(234, 56, MODULUS)  # 290 = 2 * 113 + 64
+    assert [v[k] for k in ("a2", "a1", "a0", "b2", "b1", "b0")] == [2, 3, 4, 0, 5, 6]
+    assert (v["a"], v["b"], v["a+b"]) == (234, 56, 290)
+    assert (v["a mod m"], v["b mod m"], v["(a+b) mod m"]) == (8, 56, 64)
+    assert (v["a-a0 mod m"], v["b-b0 mod m"]) == (230 % 113, 50)
+    assert v["wraps"] == 2
+    assert [v["ans d1"], v["ans d2"], v["ans d3"], v["ans len"]] == [6, 4, NO_DIGIT, 2]
+
+
+def test_feature_table_has_one_column_per_feature_within_its_classes(mixed_rows):
+    rows = mixed_rows + [{"a": 999, "b": 999, "m": MODULUS}]
+    table = feature_table(rows)
+    assert list(table.columns) == [f.name for f in FEATURES] and len(table) == len(rows)
+    for f in FEATURES:
+        if f.kind != "scalar":
+            assert table[f.name].between(0, f.n_classes - 1).all(), f.name
+    assert (table["(a+b) mod m"] == [int(r["answer"]) if "answer" in r else 1998 % MODULUS for r in rows]).all()
+    assert table["wraps"].max() == 1998 // MODULUS
+
+
+def test_every_family_names_a_neuron_kind():
+    assert {f.family for f in FEATURES} == set(NEURON_KIND_BY_FAMILY)
+
+
+def test_residue_grid_has_one_row_per_residue_pair():
+    rows = residue_grid_rows(m=7, max_operand=30, seed=1)
+    assert len(rows) == 49
+    assert [(r["a"] % 7, r["b"] % 7) for r in rows] == [(x, y) for x in range(7) for y in range(7)]
+    assert all(r["a"] <= 30 and r["b"] <= 30 and r["answer"] == str((r["a"] + r["b"]) % 7) for r in rows)
+    assert len({r["a"] for r in rows}) > 7  # representatives vary, not always the residue itself
