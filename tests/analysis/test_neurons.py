@@ -2,6 +2,7 @@
 and on the grokking MLP's `hook_hidden`; the neuron taxonomy on synthetic activations."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -109,7 +110,7 @@ def test_explained_variance_of_a_class_a_scalar_and_noise():
 
 
 def test_the_simplest_feature_within_the_tie_fraction_names_the_neuron():
-    features = [F("answer", "residue", "residues", 113), F("first digit", "class", "answer", 10)]
+    features = [F("answer", "class", "answer", 113), F("first digit", "class", "answer", 10)]
     explained = torch.tensor([[[0.99, 0.99], [0.95, 0.5]]], dtype=torch.float64)  # [1 slot, 2 features, 2 units]
     assert strongest_features(explained, features).tolist() == [1, 0]
 
@@ -136,3 +137,13 @@ def test_neuron_table_names_kinds_and_top_prompts():
     assert table["layer"].tolist() == [0, 1, 2] and table.loc[0, "slot"] == "s1"
     assert table.loc[0, "top prompts"] == "prompt 3 | prompt 3"
     assert digit[top_activating(acts[:, 1, :1], digit != 3, 1).item()] != 3  # only valid rows are ranked
+
+
+def test_a_residue_explains_a_unit_on_its_circle_not_an_arbitrary_function_of_it():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 113, (3000,), generator=g)
+    lookup = torch.randn(113, generator=g, dtype=torch.float64)
+    acts = torch.stack([torch.cos(2 * math.pi * 3 * x / 113 + 0.4), lookup[x]], dim=1)
+    circle = explained_variance(acts, x, "residue", 113)
+    assert circle[0] == pytest.approx(1.0) and circle[1] < 0.2
+    assert explained_variance(acts, x, "class", 113)[1] == pytest.approx(1.0)  # as a class it explains anything

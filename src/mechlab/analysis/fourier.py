@@ -153,3 +153,22 @@ def wave_directions(grid: torch.Tensor, freqs: list[int], of: str = "a+b") -> to
     p = grid.shape[0]
     flat = grid.detach().double().reshape(p * p, -1)
     return (waves(p, freqs, of) @ (flat - flat.mean(0))).T
+
+
+def frequency_share_table(grids: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """`frequency_shares_2d` of each named grid [p, p, n] (e.g. one per residual-stream point),
+    with a "point" column, in the order given."""
+    return pd.concat([frequency_shares_2d(g).assign(point=name) for name, g in grids.items()], ignore_index=True)
+
+
+def key_frequency_summary(shares: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
+    """Per point of a `frequency_share_table`: its key frequencies (`key_frequencies` of the
+    "total" shares: above `factor` times the uniform share) and the shares of all variance they
+    carry in total, as a-only, b-only and a+b-wave terms."""
+    rows = []
+    for point, g in shares.groupby("point", sort=False):
+        keys = key_frequencies(torch.tensor(g["total"].to_numpy()), factor)
+        sel = g[g["k"].isin(keys)]
+        rows.append({"point": point, "key frequencies": keys, "share": sel["total"].sum(),
+                     "a only": sel["a only"].sum(), "b only": sel["b only"].sum(), "a+b wave": sel["a+b wave"].sum()})
+    return pd.DataFrame(rows)

@@ -16,9 +16,9 @@ each prompt's feature values (features with `name`, `kind`, `family`, `n_classes
 * a neuron's *strongest feature* is the simplest (slot, feature) whose values explain at least
   TIE_FRACTION of the largest share of its activation's variance that any (slot, feature)
   explains across prompts (`explained_variance`: squared correlation for scalars; adjusted eta^2
-  -- the between-class share corrected for the number of classes -- for classes and residues).
-  Simplest = fewest classes (a scalar counts as one): a function of the answer's first digit is
-  also a function of the answer, and is named after the digit;
+  -- the between-class share corrected for the number of classes -- for classes; the best circle
+  fit for residues). Simplest = fewest `degrees_of_freedom`: a neuron that detects a digit of
+  a two-digit number is named after the digit, not after the number;
 * its *frequency* comes from its activations over the (a mod p, b mod p) grid
   (`mechlab.analysis.fourier.neuron_clusters`).
 
@@ -29,6 +29,7 @@ else it is "unexplained".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -100,23 +101,39 @@ def _relative_drop(value: float, base: float) -> float:
 
 def explained_variance(acts: torch.Tensor, values: torch.Tensor, kind: str, n_classes: int = 0) -> torch.Tensor:
     """[N] share of each unit's variance across rows explained by one feature: acts [n, N],
-    values [n]. Scalars: the squared correlation. Classes and residues: adjusted eta^2 =
-    (SS_between - (c - 1) MS_within) / SS_total with c the classes present (0 for a unit that
-    does not vary, never below 0), so that many small classes do not explain noise."""
-    x = acts.double()
-    sst = (x - x.mean(0)).pow(2).sum(0)
+    values [n]. Scalars: the squared correlation. Classes: adjusted eta^2 = (SS_between -
+    (c - 1) MS_within) / SS_total with c the classes present (never below 0), so that many small
+    classes do not explain noise. Residues (mod n_classes): the best R^2, over frequencies k, of a
+    regression on cos(2 pi k x / n) and sin(2 pi k x / n) -- the unit lies on a circle; a residue's
+    113 classes would also explain any function of the digits it is made of. A unit that does not
+    vary scores 0."""
+    x = acts.double() - acts.double().mean(0)
+    sst = x.pow(2).sum(0)
     if kind == "scalar":
         v = values.double() - values.double().mean()
-        r = (v @ (x - x.mean(0))) / (v.norm() * sst.sqrt()).clamp_min(1e-30)
-        return r.pow(2)
+        return ((v @ x) / (v.norm() * sst.sqrt()).clamp_min(1e-30)).pow(2)
+    if kind == "residue":
+        best = torch.zeros(x.shape[1], dtype=torch.float64)
+        for k in range(1, (n_classes - 1) // 2 + 1):
+            angle = 2 * math.pi * k * values.double() / n_classes
+            waves = torch.stack([angle.cos(), angle.sin()], dim=1)
+            q, _ = torch.linalg.qr(waves - waves.mean(0))
+            best = torch.maximum(best, (q.T @ x).pow(2).sum(0) / sst.clamp_min(1e-30))
+        return best * (sst > 0)
     onehot = torch.nn.functional.one_hot(values.long(), max(n_classes, int(values.max()) + 1)).double()
     counts = onehot.sum(0)
     present = counts > 0
-    means = (onehot.T @ x)[present] / counts[present, None]  # [c, N]
-    ssb = (counts[present, None] * (means - x.mean(0)).pow(2)).sum(0)
+    means = (onehot.T @ x)[present] / counts[present, None]  # [c, N] (x is centred)
+    ssb = (counts[present, None] * means.pow(2)).sum(0)
     c, n = int(present.sum()), len(x)
     msw = (sst - ssb) / max(n - c, 1)
     return ((ssb - (c - 1) * msw) / sst.clamp_min(1e-30)).clamp_min(0.0) * (sst > 0)
+
+
+def degrees_of_freedom(feature) -> int:
+    """How many numbers a unit needs to read `feature` (the simplicity order of `strongest_features`):
+    1 for a scalar, 2 for a residue (a point on a circle), the number of classes for a class."""
+    return {"scalar": 1, "residue": 2}.get(feature.kind, feature.n_classes)
 
 
 def feature_explained(acts: torch.Tensor, valid: torch.Tensor, values: torch.Tensor, features: Sequence) -> torch.Tensor:
@@ -135,9 +152,9 @@ def feature_explained(acts: torch.Tensor, valid: torch.Tensor, values: torch.Ten
 def strongest_features(explained: torch.Tensor, features: Sequence, tie: float = TIE_FRACTION) -> torch.Tensor:
     """[N] flat index s * n_features + f of each unit's strongest (slot, feature) in explained
     [n_slots, n_features, N]: among those within `tie` of the unit's largest share, the feature
-    with the fewest classes (a scalar counts as one), then the largest share."""
+    with the fewest `degrees_of_freedom`, then the largest share."""
     flat = explained.reshape(-1, explained.shape[-1])  # [S*F, N]
-    classes = torch.tensor([max(f.n_classes, 1) for f in features], dtype=torch.float64).repeat(explained.shape[0])
+    classes = torch.tensor([degrees_of_freedom(f) for f in features], dtype=torch.float64).repeat(explained.shape[0])
     close = flat >= tie * flat.max(dim=0).values
     # rank: fewer classes first, then larger share (shares are in [0, 1], classes integers >= 1)
     rank = torch.where(close, -classes[:, None] + flat, torch.full_like(flat, -float("inf")))

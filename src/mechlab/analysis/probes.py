@@ -54,8 +54,11 @@ class Target:
 class ProbeSet:
     """Fitted probes for every (point, slot) and target column.
 
-    weights [n_points, n_slots, d, n_columns]; bias [n_points, n_slots, n_columns]; the scalar
-    targets' standardisation (`shift`, `scale`: [n_columns], 0 / 1 for other columns)."""
+    weights [n_points, n_slots, d, n_columns]; bias [n_points, n_slots, n_columns]; patterns
+    [n_points, n_slots, d, n_columns], the covariance of the activations with each target column on
+    the training rows (the direction a target is *written* along, which `probe_directions`
+    returns); the scalar targets' standardisation (`shift`, `scale`: [n_columns], 0 / 1 for other
+    columns)."""
 
     points: list[str]
     slots: list[str]
@@ -63,6 +66,7 @@ class ProbeSet:
     targets: list[Target]
     weights: torch.Tensor
     bias: torch.Tensor
+    patterns: torch.Tensor
     shift: torch.Tensor
     scale: torch.Tensor
 
@@ -161,9 +165,10 @@ def split_rows(n: int, train_fraction: float, seed: int) -> torch.Tensor:
     return train
 
 
-def _ridge(acts: torch.Tensor, rows: torch.Tensor, Y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _ridge(acts: torch.Tensor, rows: torch.Tensor, Y: torch.Tensor,
+           ridge: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ridge fits for every (point, slot): acts [P, n, S, d], rows [n, S] bool (rows used),
-    Y [n, C] -> (weights [P, S, d, C], bias [P, S, C])."""
+    Y [n, C] -> (weights [P, S, d, C], bias [P, S, C], covariance of X with Y [P, S, d, C])."""
     X = acts.double()
     w = rows.double()  # [n, S]
     count = w.sum(0).clamp_min(1)  # [S]
@@ -174,9 +179,10 @@ def _ridge(acts: torch.Tensor, rows: torch.Tensor, Y: torch.Tensor, ridge: float
     d = gram.shape[-1]
     lam = ridge * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
     gram = gram + lam[..., None, None] * torch.eye(d, dtype=gram.dtype)
-    weights = torch.linalg.solve(gram, torch.einsum("pnsd,nc->psdc", Xc, Y))
+    cross = torch.einsum("pnsd,nc->psdc", Xc, Y)
+    weights = torch.linalg.solve(gram, cross)
     bias = mean_y[None] - torch.einsum("psd,psdc->psc", mean_x, weights)
-    return weights, bias
+    return weights, bias, cross / count[None, :, None, None]
 
 
 def _scores(probes: ProbeSet, acts: torch.Tensor, Y: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -215,10 +221,12 @@ def fit_probes(acts: torch.Tensor, valid: torch.Tensor, values: torch.Tensor, fe
     train = split_rows(len(Y), train_fraction, seed)
     shuffled = Y[torch.randperm(len(Y), generator=torch.Generator().manual_seed(seed + 1))]
     fit_rows, test_rows = valid & train[:, None], valid & ~train[:, None]
-    weights, bias = _ridge(acts, fit_rows, torch.cat([Y, shuffled], dim=1), ridge)  # one solve for both
+    weights, bias, cov = _ridge(acts, fit_rows, torch.cat([Y, shuffled], dim=1), ridge)  # one solve for both
     C = Y.shape[1]
-    probes = ProbeSet(list(points), list(slots), list(features), targets, weights[..., :C], bias[..., :C], shift, scale)
-    control = ProbeSet(list(points), list(slots), list(features), targets, weights[..., C:], bias[..., C:], shift, scale)
+    probes = ProbeSet(list(points), list(slots), list(features), targets, weights[..., :C], bias[..., :C],
+                      cov[..., :C], shift, scale)
+    control = ProbeSet(list(points), list(slots), list(features), targets, weights[..., C:], bias[..., C:],
+                       cov[..., C:], shift, scale)
     score = _scores(probes, acts, Y, test_rows)
     control_score = _scores(control, acts, shuffled, test_rows)
     return probes, _table(probes, score, control_score, fit_rows.sum(0), test_rows.sum(0))
@@ -284,10 +292,13 @@ def orthonormal_basis(vectors: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
 
 
 def probe_directions(probes: ProbeSet, point: str, slot: str, feature: str, target: str) -> torch.Tensor:
-    """[d, r]: orthonormal basis of the directions a fitted probe reads (its weight columns)."""
+    """[d, r]: orthonormal basis of the directions along which a probe's target is written in
+    the activations: the span of the target columns' covariance with the activations (the
+    "activation patterns" of Haufe et al. 2014, not the probe's weights, which also cancel noise
+    and so need not point along the signal; for a projection test the pattern is what to remove)."""
     t = next(t for t in probes.targets if t.feature == feature and t.target == target)
-    w = probes.weights[probes.points.index(point), probes.slots.index(slot), :, t.start:t.stop]
-    return orthonormal_basis(w)
+    cov = probes.patterns[probes.points.index(point), probes.slots.index(slot), :, t.start:t.stop]
+    return orthonormal_basis(cov)
 
 
 def random_directions(d: int, r: int, generator: torch.Generator) -> torch.Tensor:
@@ -348,3 +359,15 @@ def projection_sweep(model, score: Callable, metric: str, experiments: dict[str,
                      "score": probe["score"], "drop": probe["drop"], "random drop (mean)": rand["drop"].mean(),
                      "random drop (max)": rand["drop"].max()})
     return pd.DataFrame(rows)
+
+
+def score_grid(table: pd.DataFrame, targets: Sequence[tuple[str, str]], points: Sequence[str], slots: Sequence[str],
+               column: str = "score") -> torch.Tensor:
+    """[len(targets), len(points), len(slots)] `column` of a `fit_probes` table for each
+    (feature, target) in `targets`, by point and slot (NaN where missing): one heatmap facet each."""
+    out = torch.full((len(targets), len(points)), float("nan")).unsqueeze(-1).repeat(1, 1, len(slots))
+    for i, (feature, target) in enumerate(targets):
+        g = table[(table.feature == feature) & (table.target == target)]
+        wide = g.pivot(index="point", columns="slot", values=column).reindex(index=list(points), columns=list(slots))
+        out[i] = torch.tensor(wide.to_numpy(dtype=float))
+    return out

@@ -25,6 +25,7 @@ Each feature has a kind (`Feature.kind`):
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -98,3 +99,64 @@ def residue_grid_rows(m: int = MODULUS, max_operand: int = MAX_OPERAND, seed: in
 # Neuron kinds named after the family of a neuron's strongest feature (mechlab.analysis.neurons.NEURON_RULE).
 NEURON_KIND_BY_FAMILY = {"operand digits": "digit detector", "operands": "operand magnitude", "residues": "residue",
                          "sum": "sum magnitude", "wrap": "wrap detector", "answer": "answer digit"}
+
+
+CAUSAL_DROP = 0.5  # exact-match drop that counts as "the model needs these directions"
+KEY_FREQUENCY_EXPERIMENT = "key frequencies"  # prefix of the projection experiments on key-frequency directions
+
+
+def _verdict(held: bool, partial: bool = False) -> str:
+    return "held" if held else "partial" if partial else "failed"
+
+
+def residue_account(first: pd.DataFrame, keys: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
+    """The residue account's claims, each with its measurement and verdict (held / partial / failed).
+
+    first: `mechlab.analysis.probes.first_readable` of the probes at `=`; keys:
+    `mechlab.analysis.fourier.key_frequency_summary` of the residual stream at `=`; sweep:
+    `mechlab.analysis.probes.projection_sweep` whose experiments on key-frequency directions are
+    named "key frequencies ...". Readability uses `probes.readable`'s thresholds."""
+    def best(feature: str, targets: Sequence[str] | None = None) -> pd.Series:
+        g = first[first.feature == feature]
+        g = g if targets is None else g[g.target.isin(targets)]
+        return g.loc[g["best score"].idxmax()]
+
+    def is_readable(feature: str, circle: bool | None = None) -> bool:
+        g = first[first.feature == feature]
+        if circle is not None:
+            g = g[g.target.str.startswith("k=") == circle]
+        return bool((g["first point"] != "never").any())
+
+    def describe(r: pd.Series) -> str:
+        return (f"{r.feature} ({r.target}): best {r.metric} {r['best score']:.3f} at {r['best point']}, "
+                f"first readable: {r['first point']}")
+
+    rows = []
+    operands = [best(f, [t]) for f in ("a mod m", "b mod m") for t in ("class", "k=1")]
+    n_ok = sum(is_readable(f) for f in ("a mod m", "b mod m"))
+    rows.append({"claim": "a mod m and b mod m are linearly readable at '=' (as classes or on a circle)",
+                 "measurement": "; ".join(describe(r) for r in operands), "verdict": _verdict(n_ok == 2, n_ok == 1)})
+    circles = first[(first.feature == "(a+b) mod m") & first.target.str.startswith("k=")]
+    top = circles.loc[circles["best score"].idxmax()]
+    rows.append({"claim": "(a+b) mod m sits on a circle (cos, sin)(2 pi k x / m) at '='",
+                 "measurement": describe(top) + "; " + describe(best("(a+b) mod m", ["class"])),
+                 "verdict": _verdict(is_readable("(a+b) mod m", circle=True))})
+    rows.append({"claim": "a + b is linearly readable at '=' (the first step of the alternative: add, then subtract)",
+                 "measurement": describe(best("a+b")), "verdict": _verdict(is_readable("a+b"))})
+    wraps = best("wraps")
+    rows.append({"claim": "the wrap count floor((a+b)/m) is linearly readable at '=' (the alternative's second step)",
+                 "measurement": describe(wraps) + f", selectivity {wraps['best selectivity']:.3f}",
+                 "verdict": _verdict(is_readable("wraps"))})
+    strongest = keys.loc[keys["share"].idxmax()]
+    rows.append({"claim": "the residual stream's key frequencies carry (a+b) waves, not a-only or b-only waves",
+                 "measurement": f"at {strongest.point}: key frequencies {strongest['key frequencies']} carry "
+                                f"{strongest.share:.1%} of the variance; a+b wave {strongest['a+b wave']:.1%}, "
+                                f"a only {strongest['a only']:.1%}, b only {strongest['b only']:.1%}",
+                 "verdict": _verdict(strongest["a+b wave"] > strongest["a only"] + strongest["b only"])})
+    key = sweep[sweep.experiment.str.startswith(KEY_FREQUENCY_EXPERIMENT)]
+    worst = key.loc[key["drop"].idxmax()]
+    rows.append({"claim": "projecting the key-frequency directions out breaks the model; random directions do not",
+                 "measurement": f"{worst.experiment} ({worst.dim} dims): exact match {worst.base:.3f} -> {worst.score:.3f}; "
+                                f"random subspaces of that size: largest drop {worst['random drop (max)']:.3f}",
+                 "verdict": _verdict(worst["drop"] >= CAUSAL_DROP and worst["random drop (max)"] < CAUSAL_DROP)})
+    return pd.DataFrame(rows)
