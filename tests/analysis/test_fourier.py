@@ -11,8 +11,10 @@ from mechlab.analysis.fourier import (
     explained_fraction,
     fourier_basis,
     frequency_power,
+    frequency_share_table,
     frequency_shares_2d,
     key_frequencies,
+    key_frequency_summary,
     neuron_clusters,
     sum_directions,
     wave_directions,
@@ -100,3 +102,17 @@ def test_wave_directions_find_the_direction_a_wave_is_written_along():
     cos_dir = dirs[:, 0] / dirs[:, 0].norm()
     assert torch.allclose(cos_dir, v / v.norm(), atol=1e-3) and dirs[:, 1].norm() < 0.02 * dirs[:, 0].norm()
     assert torch.allclose(waves(P, [9], "a+b"), sum_directions(P, [9]))
+
+
+def test_key_frequency_summary_names_each_grids_key_frequencies():
+    a = torch.arange(P, dtype=torch.float64)[:, None]
+    b = torch.arange(P, dtype=torch.float64)[None, :]
+    w = lambda k: 2 * math.pi * k / P  # noqa: E731
+    grids = {"clock": torch.stack([torch.cos(w(5) * (a + b)), torch.sin(w(5) * (a + b))], dim=2),
+             "operands": torch.stack([torch.cos(w(2) * a).expand(P, P), torch.cos(w(7) * b).expand(P, P)], dim=2)}
+    shares = frequency_share_table(grids)
+    assert list(shares.point.unique()) == ["clock", "operands"] and len(shares) == 2 * 56
+    keys = key_frequency_summary(shares).set_index("point")
+    assert keys.loc["clock", "key frequencies"] == [5] and keys.loc["clock", "a+b wave"] == pytest.approx(1.0)
+    assert sorted(keys.loc["operands", "key frequencies"]) == [2, 7]
+    assert keys.loc["operands", "a only"] == pytest.approx(0.5) and keys.loc["operands", "a+b wave"] < 1e-12

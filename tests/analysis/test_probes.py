@@ -22,6 +22,7 @@ from mechlab.analysis.probes import (
     projection_effect,
     projection_sweep,
     residual_points,
+    score_grid,
 )
 
 
@@ -162,3 +163,11 @@ def test_projection_effect_of_the_read_direction_against_random_ones():
     assert effect[effect.what == "random"]["drop"].abs().max() < 0.5 * direct["drop"]
     sweep = projection_sweep(model, lambda m: {"out": m().item()}, "out", {"u": ("hook_x", u[:, None])}, n_random=4)
     assert sweep.loc[0, "drop"] == pytest.approx(direct["drop"]) and sweep.loc[0, "dim"] == 1
+
+
+def test_score_grid_lays_the_table_out_by_point_and_slot(fitted):
+    _, table = fitted
+    grid = score_grid(table, [("x", "value"), ("c", "class")], ["p0", "p1"], ["s0", "s1"])
+    assert grid.shape == (2, 2, 2)
+    assert grid[0, 1, 0] == pytest.approx(score(table, "p1", "s0", "x", "value"))
+    assert grid[1, 0, 1] == pytest.approx(score(table, "p0", "s1", "c", "class"))

@@ -1,13 +1,18 @@
 """The candidate-feature table: every feature of a few problems by hand, and the residue grid."""
 from __future__ import annotations
 
+import pandas as pd
+
 from mechlab.arithmetic.data import MODULUS
 from mechlab.arithmetic.features import (
+    CAUSAL_DROP,
     FEATURES,
+    KEY_FREQUENCY_EXPERIMENT,
     NEURON_KIND_BY_FAMILY,
     NO_DIGIT,
     feature_table,
     feature_values,
+    residue_account,
     residue_grid_rows,
 )
 
@@ -43,3 +48,26 @@ def test_residue_grid_has_one_row_per_residue_pair():
     assert [(r["a"] % 7, r["b"] % 7) for r in rows] == [(x, y) for x in range(7) for y in range(7)]
     assert all(r["a"] <= 30 and r["b"] <= 30 and r["answer"] == str((r["a"] + r["b"]) % 7) for r in rows)
     assert len({r["a"] for r in rows}) > 7  # representatives vary, not always the residue itself
+
+
+def first_row(feature: str, target: str, metric: str, score: float, first: str, selectivity: float = 0.0) -> dict:
+    return {"feature": feature, "target": target, "metric": metric, "first point": first, "first slot": "=",
+            "best score": score, "best selectivity": selectivity, "best point": "L1", "best slot": "="}
+
+
+def test_residue_account_verdicts_follow_the_measurements():
+    first = pd.DataFrame([
+        first_row("a mod m", "class", "accuracy", 0.1, "never"), first_row("a mod m", "k=1", "R2", 0.6, "L1"),
+        first_row("b mod m", "class", "accuracy", 0.1, "never"), first_row("b mod m", "k=1", "R2", 0.2, "never"),
+        first_row("(a+b) mod m", "class", "accuracy", 0.3, "never"),
+        first_row("(a+b) mod m", "k=1", "R2", 0.99, "L2"), first_row("(a+b) mod m", "k=2", "R2", 0.4, "never"),
+        first_row("a+b", "value", "R2", 0.9, "L0"), first_row("wraps", "class", "accuracy", 0.4, "never", 0.3)])
+    keys = pd.DataFrame([{"point": "L1", "key frequencies": [1], "share": 0.7, "a only": 0.01, "b only": 0.01,
+                          "a+b wave": 0.68}])
+    sweep = pd.DataFrame([{"experiment": f"{KEY_FREQUENCY_EXPERIMENT} [1] @ L1", "dim": 2, "base": 0.99,
+                           "score": 0.99 - CAUSAL_DROP - 0.1, "drop": CAUSAL_DROP + 0.1,
+                           "random drop (mean)": 0.0, "random drop (max)": 0.01}])
+    verdict = residue_account(pd.DataFrame(first), keys, sweep)["verdict"].tolist()
+    assert verdict == ["partial", "held", "held", "failed", "held", "held"]
+    sweep.loc[0, "random drop (max)"] = CAUSAL_DROP  # random directions break it as well: no evidence
+    assert residue_account(pd.DataFrame(first), keys, sweep)["verdict"].iloc[-1] == "failed"
