@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mechlab.analysis.fourier import n_frequencies
+
 Score = Callable[[torch.nn.Module], dict[str, float]]
 
 FREQUENCY_SHARE = 0.5  # share of grid variance at one frequency that makes a "frequency" neuron
@@ -114,7 +116,7 @@ def explained_variance(acts: torch.Tensor, values: torch.Tensor, kind: str, n_cl
         return ((v @ x) / (v.norm() * sst.sqrt()).clamp_min(1e-30)).pow(2)
     if kind == "residue":
         best = torch.zeros(x.shape[1], dtype=torch.float64)
-        for k in range(1, (n_classes - 1) // 2 + 1):
+        for k in range(1, n_frequencies(n_classes) + 1):
             angle = 2 * math.pi * k * values.double() / n_classes
             waves = torch.stack([angle.cos(), angle.sin()], dim=1)
             q, _ = torch.linalg.qr(waves - waves.mean(0))

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from mechlab.analysis.fourier import n_frequencies
+
 READABLE_R2 = 0.5  # R^2 (scalars, circles) at which a quantity counts as linearly readable
 READABLE_SELECTIVITY = 0.5  # accuracy above the shuffled-label control at which a class counts as readable
 
@@ -114,10 +116,6 @@ def gather_slots(acts: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Ten
 
 # ---- targets ------------------------------------------------------------------------------------
 
-def n_circle_frequencies(n: int) -> int:
-    return (n - 1) // 2
-
-
 def probe_targets(values: torch.Tensor, features: Sequence, shift: torch.Tensor | None = None,
                   scale: torch.Tensor | None = None) -> tuple[torch.Tensor, list[Target], torch.Tensor, torch.Tensor]:
     """The target matrix for feature values [n, n_features] (one column per feature, integers):
@@ -142,7 +140,7 @@ def probe_targets(values: torch.Tensor, features: Sequence, shift: torch.Tensor 
         else:
             raise ValueError(f"unknown feature kind {f.kind!r} of {f.name!r}")
         if f.kind == "residue":
-            for k in range(1, n_circle_frequencies(f.n_classes) + 1):
+            for k in range(1, n_frequencies(f.n_classes) + 1):
                 angle = 2 * math.pi * k * x.double() / f.n_classes
                 add(torch.stack([angle.cos(), angle.sin()], dim=1), f.name, f"k={k}", "R2")
     Y = torch.cat(columns, dim=1)
