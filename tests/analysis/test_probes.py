@@ -16,6 +16,7 @@ from mechlab.analysis.probes import (
     first_readable,
     fit_probes,
     gather_slots,
+    orthogonal_to,
     probe_directions,
     probe_transfer,
     project_out_hook,
@@ -85,7 +86,9 @@ def test_shuffled_labels_stay_at_chance(fitted):
 
 def test_first_readable_names_the_planted_point(fitted):
     _, table = fitted
-    first = first_readable(table, ["p0", "p1"]).set_index(["feature", "target"])
+    baseline = table[(table.point == "p0") & (table.slot == "s0")]
+    first = first_readable(table, ["p0", "p1"], baseline).set_index(["feature", "target"])
+    assert first.loc[("x", "value"), "baseline"] == score(table, "p0", "s0", "x", "value")
     assert first.loc[("x", "value"), "first point"] == "p1" and first.loc[("x", "value"), "first slot"] == "s0"
     assert first.loc[("r", "k=1"), "first point"] == "never"
 
@@ -171,3 +174,10 @@ def test_score_grid_lays_the_table_out_by_point_and_slot(fitted):
     assert grid.shape == (2, 2, 2)
     assert grid[0, 1, 0] == pytest.approx(score(table, "p1", "s0", "x", "value"))
     assert grid[1, 0, 1] == pytest.approx(score(table, "p0", "s1", "c", "class"))
+
+
+def test_orthogonal_to_removes_a_known_subspace():
+    e = torch.eye(4, dtype=torch.float64)
+    dirs = torch.stack([e[0] + e[1], e[2]], dim=1)  # [4, 2]
+    left = orthogonal_to(dirs, 3 * e[:, :1])
+    assert torch.allclose(left, torch.stack([e[1], e[2]], dim=1))

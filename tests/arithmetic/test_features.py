@@ -12,6 +12,7 @@ from mechlab.arithmetic.features import (
     NO_DIGIT,
     feature_table,
     feature_values,
+    operand_digit_code,
     residue_account,
     residue_grid_rows,
 )
@@ -71,3 +72,9 @@ def test_residue_account_verdicts_follow_the_measurements():
     assert verdict == ["partial", "held", "held", "failed", "held", "held"]
     sweep.loc[0, "random drop (max)"] = CAUSAL_DROP  # random directions break it as well: no evidence
     assert residue_account(pd.DataFrame(first), keys, sweep)["verdict"].iloc[-1] == "failed"
+
+
+def test_operand_digit_code_is_one_hot_per_digit():
+    code = operand_digit_code(feature_table([{"a": 234, "b": 56, "m": MODULUS}]))
+    assert code.shape == (1, 60) and code.sum() == 6
+    assert code[0].nonzero().flatten().tolist() == [2, 13, 24, 30, 45, 56]  # a2=2, a1=3, a0=4, b2=0, b1=5, b0=6

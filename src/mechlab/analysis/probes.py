@@ -262,10 +262,12 @@ def readable(table: pd.DataFrame, r2: float = READABLE_R2, selectivity: float = 
         ((table["metric"] == "accuracy") & (table["selectivity"] >= selectivity))
 
 
-def first_readable(table: pd.DataFrame, points: Sequence[str]) -> pd.DataFrame:
+def first_readable(table: pd.DataFrame, points: Sequence[str], baseline: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (feature, target): the first point (in the order of `points`) at which it is linearly
     readable at some slot (`readable`), that slot, and the best score anywhere with its point and
-    slot. `first point` is "never" when it is readable nowhere."""
+    slot. `first point` is "never" when it is readable nowhere. With `baseline` (a `fit_probes`
+    table of the same targets from other inputs, e.g. the operand digits alone, one point and
+    slot) its score is added as column "baseline": what is readable without the model."""
     order = {p: i for i, p in enumerate(points)}
     table = table.assign(readable=readable(table), order=table["point"].map(order))
     rows = []
@@ -278,7 +280,11 @@ def first_readable(table: pd.DataFrame, points: Sequence[str]) -> pd.DataFrame:
                      "first slot": first["slot"] if first is not None else "",
                      "best score": best["score"], "best selectivity": best["selectivity"],
                      "best point": best["point"], "best slot": best["slot"]})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if baseline is not None:
+        out = out.merge(baseline[["feature", "target", "score"]].rename(columns={"score": "baseline"}),
+                        on=["feature", "target"], how="left")
+    return out
 
 
 # ---- directions and projecting them out --------------------------------------------------------
@@ -297,6 +303,14 @@ def probe_directions(probes: ProbeSet, point: str, slot: str, feature: str, targ
     t = next(t for t in probes.targets if t.feature == feature and t.target == target)
     cov = probes.patterns[probes.points.index(point), probes.slots.index(slot), :, t.start:t.stop]
     return orthonormal_basis(cov)
+
+
+def orthogonal_to(directions: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """directions [d, m] minus their component in the span of other [d, k]: what is left of a
+    probe's subspace once a known one (e.g. the key-frequency directions) is taken out."""
+    basis = orthonormal_basis(other)
+    directions = directions.double()
+    return directions - basis @ (basis.T @ directions)
 
 
 def random_directions(d: int, r: int, generator: torch.Generator) -> torch.Tensor:

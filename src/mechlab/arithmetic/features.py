@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
 
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
 
@@ -84,6 +85,14 @@ def feature_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([feature_values(r["a"], r["b"], r["m"]) for r in rows], columns=[f.name for f in FEATURES])
 
 
+def operand_digit_code(table: pd.DataFrame) -> torch.Tensor:
+    """[n, 60] one-hot code of the six operand digits of a `feature_table`: the input of a probe
+    baseline, since whatever is linear in these codes (any sum f(a2) + g(a1) + ...) is readable
+    from copied digits without any computation."""
+    digits = [f.name for f in FEATURES if f.family == "operand digits"]
+    return torch.cat([torch.nn.functional.one_hot(torch.tensor(table[c].to_numpy()), 10) for c in digits], 1).double()
+
+
 def residue_grid_rows(m: int = MODULUS, max_operand: int = MAX_OPERAND, seed: int = 0) -> list[dict]:
     """m * m data rows, row x * m + y with a mod m == x and b mod m == y; a and b are drawn
     uniformly among the operands <= max_operand with that residue."""
@@ -112,7 +121,8 @@ def _verdict(held: bool, partial: bool = False) -> str:
 def residue_account(first: pd.DataFrame, keys: pd.DataFrame, sweep: pd.DataFrame) -> pd.DataFrame:
     """The residue account's claims, each with its measurement and verdict (held / partial / failed).
 
-    first: `mechlab.analysis.probes.first_readable` of the probes at `=`; keys:
+    first: `mechlab.analysis.probes.first_readable` of the probes at `=` (with a "baseline"
+    column, when given, quoted beside each score); keys:
     `mechlab.analysis.fourier.key_frequency_summary` of the residual stream at `=`; sweep:
     `mechlab.analysis.probes.projection_sweep` whose experiments on key-frequency directions are
     named "key frequencies ...". Readability uses `probes.readable`'s thresholds."""
@@ -128,7 +138,8 @@ def residue_account(first: pd.DataFrame, keys: pd.DataFrame, sweep: pd.DataFrame
         return bool((g["first point"] != "never").any())
 
     def describe(r: pd.Series) -> str:
-        return (f"{r.feature} ({r.target}): best {r.metric} {r['best score']:.3f} at {r['best point']}, "
+        baseline = f" (operand digits alone: {r['baseline']:.3f})" if "baseline" in r else ""
+        return (f"{r.feature} ({r.target}): best {r.metric} {r['best score']:.3f}{baseline} at {r['best point']}, "
                 f"first readable: {r['first point']}")
 
     rows = []
