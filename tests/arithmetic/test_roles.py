@@ -121,3 +121,16 @@ def test_layer_specialization():
     same = table(["self", "mixed"] * 4)
     assert layer_specialization(same, n_layers=4)[1] is False
 
+
+
+def test_slot_positions_finds_each_slot_or_minus_one():
+    from mechlab.arithmetic.roles import slot_positions
+    from mechlab.arithmetic.task import ArithmeticSplit
+    from mechlab.arithmetic.tokenizer import EQUALS_POS
+
+    split = ArithmeticSplit.from_rows([{"prompt": "234 + 5 mod 113 =", "answer": "13"},
+                                       {"prompt": "7 + 81 mod 113 =", "answer": "88"}])
+    pos = slot_positions(split.tokens, ["a:100", "a:1", "b:10", "=", "ans:2"])
+    start = EQUALS_POS - len("234 + 5 mod 113 =") + 1  # position of the first character
+    assert pos[0].tolist() == [start, start + 2, -1, EQUALS_POS, EQUALS_POS + 2]
+    assert pos[1, 0] == -1 and pos[1, 2] == EQUALS_POS - len(" mod 113 =") - 1

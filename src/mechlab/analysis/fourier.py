@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
 
@@ -102,11 +103,72 @@ def explained_by_frequencies_2d(grid: torch.Tensor, freqs: list[int]) -> float:
 def sum_directions(p: int, freqs: list[int]) -> torch.Tensor:
     """[2 * len(freqs), p*p] unit vectors cos(w(a+b)), sin(w(a+b)) over the grid (row a*p+b),
     w = 2 pi k / p: the directions the modular-addition circuit reads its answer from."""
-    a = torch.arange(p, dtype=torch.float64)[:, None]
-    b = torch.arange(p, dtype=torch.float64)[None, :]
+    return waves(p, freqs, "a+b")
+
+def waves(p: int, freqs: list[int], of: str = "a+b") -> torch.Tensor:
+    """[2 * len(freqs), p*p] unit vectors cos(w x), sin(w x) over the grid (row a*p+b), w = 2 pi k / p,
+    with x = a, b or a + b (`of`)."""
+    a = torch.arange(p, dtype=torch.float64)[:, None].expand(p, p)
+    b = torch.arange(p, dtype=torch.float64)[None, :].expand(p, p)
+    x = {"a": a, "b": b, "a+b": a + b}[of]
     vecs = []
     for k in freqs:
         for fn in (torch.cos, torch.sin):
-            v = fn(2 * math.pi * k * (a + b) / p).reshape(-1)
+            v = fn(2 * math.pi * k * x / p).reshape(-1)
             vecs.append(v / v.norm())
     return torch.stack(vecs) if vecs else torch.zeros(0, p * p, dtype=torch.float64)
+
+
+def frequency_shares_2d(grid: torch.Tensor) -> pd.DataFrame:
+    """Where the variance of activations on the (a, b) grid [p, p, n] lies, pooled over the n
+    units (neurons or residual dimensions), per frequency k = 1 .. (p-1)/2, as shares of the total
+    non-constant variance. Columns: k; "a only" (cos/sin(k a) terms), "b only", "a and b" (the four
+    products of a- and b-waves of frequency k), their sum "total"; and "a+b wave", the part of
+    "a and b" along cos/sin(k (a + b)) (what a clock for (a + b) mod p at frequency k carries).
+    Terms that mix two different frequencies belong to no row."""
+
+    p = grid.shape[0]
+    coef2 = fourier_2d(grid).pow(2).sum(dim=2)  # [p, p]
+    coef2[0, 0] = 0.0
+    total = coef2.sum()
+    freq = _freq_of_row(p)
+    centred = grid.detach().double().reshape(p * p, -1)
+    centred = centred - centred.mean(0)
+    rows = []
+    for k in range(1, n_frequencies(p) + 1):
+        rk = freq == k
+        a_only, b_only = coef2[rk][:, 0].sum(), coef2[0][rk].sum()
+        both = coef2[rk][:, rk].sum()
+        wave = (waves(p, [k]) @ centred).pow(2).sum()
+        rows.append({"k": k, "a only": float(a_only / total), "b only": float(b_only / total),
+                     "a and b": float(both / total), "total": float((a_only + b_only + both) / total),
+                     "a+b wave": float(wave / total)})
+    return pd.DataFrame(rows)
+
+
+def wave_directions(grid: torch.Tensor, freqs: list[int], of: str = "a+b") -> torch.Tensor:
+    """[d, 2 len(freqs)]: the directions along which activations on the grid [p, p, d] follow
+    cos(k x) and sin(k x) (x = a, b or a + b; k in `freqs`): the centred activations projected
+    onto each unit wave (not orthonormalised; `mechlab.analysis.probes.orthonormal_basis` does that)."""
+    p = grid.shape[0]
+    flat = grid.detach().double().reshape(p * p, -1)
+    return (waves(p, freqs, of) @ (flat - flat.mean(0))).T
+
+
+def frequency_share_table(grids: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """`frequency_shares_2d` of each named grid [p, p, n] (e.g. one per residual-stream point),
+    with a "point" column, in the order given."""
+    return pd.concat([frequency_shares_2d(g).assign(point=name) for name, g in grids.items()], ignore_index=True)
+
+
+def key_frequency_summary(shares: pd.DataFrame, factor: float = 4.0) -> pd.DataFrame:
+    """Per point of a `frequency_share_table`: its key frequencies (`key_frequencies` of the
+    "total" shares: above `factor` times the uniform share) and the shares of all variance they
+    carry in total, as a-only, b-only and a+b-wave terms."""
+    rows = []
+    for point, g in shares.groupby("point", sort=False):
+        keys = key_frequencies(torch.tensor(g["total"].to_numpy()), factor)
+        sel = g[g["k"].isin(keys)]
+        rows.append({"point": point, "key frequencies": keys, "share": sel["total"].sum(),
+                     "a only": sel["a only"].sum(), "b only": sel["b only"].sum(), "a+b wave": sel["a+b wave"].sum()})
+    return pd.DataFrame(rows)

@@ -141,6 +141,16 @@ def role_ids(tokens: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[ROLE_INDEX[slot_role(s)] for s in row] for row in position_slots(tokens)], dtype=torch.long)
 
 
+def slot_positions(tokens: torch.Tensor, slots: Sequence[str]) -> torch.Tensor:
+    """[batch, len(slots)] int64: the position of each slot in each prompt, -1 where the prompt
+    has no such slot (e.g. "a:100" when a < 100)."""
+    ids = slot_ids(tokens)  # [batch, pos]
+    out = torch.full((len(ids), len(slots)), -1, dtype=torch.long)
+    for j, slot in enumerate(slots):
+        rows, pos = (ids == SLOT_INDEX[slot]).nonzero(as_tuple=True)
+        out[rows, j] = pos
+    return out
+
 def answer_predicting_mask(tokens: torch.Tensor) -> torch.Tensor:
     """[batch, pos] bool: positions whose next token is an answer digit (`=` and all answer
     digits but the last)."""
