@@ -61,6 +61,8 @@ def test_faithfulness_minimality_and_completeness_agree_with_circuit_scores(tiny
     without_mlp0 = circuit_score(tiny_model, score, [circuit[0], circuit[2]], components, reference, metric="logit7")
     assert table.loc["MLP0", "drop"] == pytest.approx(alone - without_mlp0)
     assert table.loc["MLP0", "needed"] == (alone - without_mlp0 > 0.01)
+    one = minimality(tiny_model, score, circuit, components, reference, metric="logit7", only=[circuit[1]])
+    assert one["component"].tolist() == ["MLP0"] and one["drop"][0] == pytest.approx(table.loc["MLP0", "drop"])
     sets = {"MLP1": [circuit[2]]}
     row = completeness(tiny_model, score, circuit, components, sets, reference, metric="logit7").iloc[0]
     full_minus = evaluate_ablated(tiny_model, score, [circuit[2]], "mean", reference)["logit7"]
@@ -78,6 +80,8 @@ def test_greedy_growth_adds_the_best_component_first(tiny_model, setup):
     singles = {c.name: circuit_score(tiny_model, score, [c], components, reference, metric="logit7") for c in components}
     assert steps["added"][1] == max(singles, key=singles.get)
     assert steps["score"].iloc[-1] == pytest.approx(score(tiny_model)["logit7"])
+    short, two = greedy_growth(tiny_model, score, [], components, reference, metric="logit7", goal=float("inf"), max_added=2)
+    assert len(short) == 2 and two["added"].tolist()[1:] == steps["added"].tolist()[1:3]
 
 
 def test_outside_refuses_unknown_components(tiny_model, setup):

@@ -32,7 +32,7 @@ from mechlab.arithmetic.circuit import (
 )
 from mechlab.arithmetic.roles import ROLES
 from mechlab.arithmetic.task import ArithmeticSplit
-from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 
 def test_the_choice_rule_names_the_criteria_each_component_meets():
@@ -131,3 +131,12 @@ def test_scorecard_needs_every_hypothesis():
     assert len(card) == 6 and card.set_index("hypothesis").loc["backup circuits", "figure"] == "ablation_pairs.png"
     with pytest.raises(ValueError, match="no verdict for"):
         scorecard({}, {})
+
+
+def test_rule_knockout_hooks_remove_the_attention_the_rule_reads(tiny_model):
+    from mechlab.arithmetic.circuit import rule_knockout_hooks
+    tokens = ArithmeticSplit.from_rows(layout_rows(3, 1)[::900]).tokens[:, :MODEL_INPUT_LEN]
+    with tiny_model.hooks(fwd_hooks=rule_knockout_hooks({"feature": "L1H1->b"}, tokens)):
+        knocked = role_attention(tiny_model, tokens)
+    assert knocked[:, 1, 1, ROLES.index("b")].abs().max() == 0
+    assert role_attention(tiny_model, tokens)[:, 1, 1, ROLES.index("b")].min() > 0

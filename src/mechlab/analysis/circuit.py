@@ -75,12 +75,14 @@ def faithfulness(model, score: Score, circuit: Sequence[Component], components: 
 
 
 def minimality(model, score: Score, circuit: Sequence[Component], components: Sequence[Component],
-               reference: dict[str, torch.Tensor], *, metric: str, threshold: float = MINIMAL_DROP) -> pd.DataFrame:
-    """One row per circuit component: score(circuit without it), its drop from score(circuit),
-    and `needed` = drop > `threshold`; largest drop first."""
+               reference: dict[str, torch.Tensor], *, metric: str, threshold: float = MINIMAL_DROP,
+               only: Sequence[Component] | None = None) -> pd.DataFrame:
+    """One row per circuit component (or per component of `only`, a part of the circuit):
+    score(circuit without it), its drop from score(circuit), and `needed` = drop > `threshold`;
+    largest drop first."""
     base = circuit_score(model, score, circuit, components, reference, metric=metric)
     rows = []
-    for c in circuit:
+    for c in circuit if only is None else only:
         without = circuit_score(model, score, [x for x in circuit if x != c], components, reference, metric=metric)
         rows.append({"component": c.name, "without": without, "drop": base - without, "needed": base - without > threshold})
     return pd.DataFrame(rows).sort_values("drop", ascending=False, ignore_index=True)
@@ -119,17 +121,18 @@ def completeness(model, score: Score, circuit: Sequence[Component], components: 
 
 
 def greedy_growth(model, score: Score, start: Sequence[Component], components: Sequence[Component],
-                  reference: dict[str, torch.Tensor], *, metric: str,
-                  goal: float = FAITHFULNESS_GOAL) -> tuple[list[Component], pd.DataFrame]:
+                  reference: dict[str, torch.Tensor], *, metric: str, goal: float = FAITHFULNESS_GOAL,
+                  max_added: int | None = None) -> tuple[list[Component], pd.DataFrame]:
     """Grow `start` by the component whose addition raises score(circuit) most, one at a time,
-    until score(circuit) / score(full) >= `goal` or every component is in. Returns the circuit
-    and one row per step (added, size, score, faithfulness); step 0 is `start`."""
+    until score(circuit) / score(full) >= `goal`, every component is in, or `max_added` were
+    added. Returns the circuit and one row per step (added, size, score, faithfulness); step 0
+    is `start`."""
     with torch.no_grad():
         full = _score_fn(score)(model)[metric]
     circuit = list(start)
     current = circuit_score(model, score, circuit, components, reference, metric=metric)
     steps = [{"added": "(start)", "size": len(circuit), "score": current, "faithfulness": current / full}]
-    while current / full < goal and len(circuit) < len(components):
+    while current / full < goal and len(circuit) < len(components) and (max_added is None or len(steps) <= max_added):
         candidates = {c: circuit_score(model, score, circuit + [c], components, reference, metric=metric)
                       for c in outside(circuit, components)}
         best = max(candidates, key=candidates.get)

@@ -310,3 +310,11 @@ def scorecard(verdicts: dict[str, tuple[str, str]], figures: dict[str, str]) -> 
     return pd.DataFrame([{"hypothesis": h, "verdict": verdicts[h][0], "measurement": verdicts[h][1],
                           "figure": figures.get(h, "")} for h in HYPOTHESES])
 
+
+
+def rule_knockout_hooks(rule: dict, tokens: torch.Tensor) -> list[tuple]:
+    """The knock-out of the attention a rule on a feature "L1H6->pad" reads: head L1H6's attention
+    from the answer positions to the `pad` positions of `tokens` (`attention_knockout_hooks`)."""
+    head, role = rule["feature"].split("->")
+    layer, index = (int(x) for x in head.removeprefix("L").split("H"))
+    return attention_knockout_hooks(layer, index, role_positions(tokens, role))
