@@ -19,12 +19,14 @@ from mechlab.arithmetic.circuit import (
     choose_circuit,
     component_measurements,
     failure_mode_verdict,
+    feature_aucs,
     layout_rows,
     positional_verdict,
     prediction_scores,
     role_attention,
     role_positions,
     row_correct,
+    rule_auc,
     scorecard,
     specialization_verdict,
     split_seen,
@@ -73,6 +75,8 @@ def test_auc_and_the_threshold_rule_recover_a_planted_feature():
     assert (apply_rule(rule, features) == failed).all()
     low = best_threshold_rule(features[["noise", "inverted"]], failed)
     assert low["direction"] == "<=" and low["auc"] == 1.0 and (apply_rule(low, features) == failed).all()
+    assert rule_auc(low, features, ~failed) == 0.0  # on rows where it points the wrong way
+    assert feature_aucs(features, failed).index[-1] == "noise"
 
 
 def test_prediction_scores_by_hand():

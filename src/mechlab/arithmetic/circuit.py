@@ -160,15 +160,21 @@ def auc(values: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def best_threshold_rule(features: pd.DataFrame, failed: np.ndarray) -> dict:
-    """The feature that best separates `failed` rows (largest |AUC - 0.5|) and its threshold
-    (largest true-positive rate - false-positive rate): {"feature", "direction" (">=": values at or
-    above the threshold predict failure, "<=": values at or below it), "threshold", "auc" (of failure on the feature, oriented so
-    >= 0.5)}."""
+def feature_aucs(features: pd.DataFrame, failed: np.ndarray) -> pd.Series:
+    """AUC of failure on each feature, oriented (max(AUC, 1 - AUC): 0.5 = no information), best first."""
     failed = np.asarray(failed, dtype=bool)
-    aucs = {f: auc(features[f].to_numpy(), failed) for f in features.columns}
-    feature = max(aucs, key=lambda f: abs(aucs[f] - 0.5))
-    high = aucs[feature] >= 0.5
+    raw = pd.Series({f: auc(features[f].to_numpy(), failed) for f in features.columns})
+    return np.maximum(raw, 1 - raw).sort_values(ascending=False)
+
+
+def best_threshold_rule(features: pd.DataFrame, failed: np.ndarray) -> dict:
+    """The feature that best separates `failed` rows (largest oriented AUC, `feature_aucs`) and its
+    threshold (largest true-positive rate - false-positive rate): {"feature", "direction" (">=":
+    values at or above the threshold predict failure, "<=": values at or below it), "threshold",
+    "auc" (oriented)}."""
+    failed = np.asarray(failed, dtype=bool)
+    feature = feature_aucs(features, failed).index[0]
+    high = auc(features[feature].to_numpy(), failed) >= 0.5
     values = features[feature].to_numpy() * (1 if high else -1)
     best, threshold = -np.inf, None
     for t in np.unique(values):
@@ -177,7 +183,13 @@ def best_threshold_rule(features: pd.DataFrame, failed: np.ndarray) -> dict:
         if j > best:
             best, threshold = j, t
     return {"feature": feature, "direction": ">=" if high else "<=",
-            "threshold": float(threshold if high else -threshold), "auc": max(aucs[feature], 1 - aucs[feature])}
+            "threshold": float(threshold if high else -threshold), "auc": rule_auc({"feature": feature, "direction": ">=" if high else "<="}, features, failed)}
+
+
+def rule_auc(rule: dict, features: pd.DataFrame, failed: np.ndarray) -> float:
+    """AUC of failure on the rule's feature in the rule's direction (below 0.5: it points the wrong way here)."""
+    value = auc(features[rule["feature"]].to_numpy(), failed)
+    return value if rule["direction"] == ">=" else 1 - value
 
 
 def apply_rule(rule: dict, features: pd.DataFrame) -> np.ndarray:
