@@ -144,3 +144,10 @@ def test_rule_knockout_hooks_remove_the_attention_the_rule_reads(tiny_model):
         knocked = role_attention(tiny_model, tokens)
     assert knocked[:, 1, 1, ROLES.index("b")].abs().max() == 0
     assert role_attention(tiny_model, tokens)[:, 1, 1, ROLES.index("b")].min() > 0
+
+
+def test_node_roles_cite_the_measured_numbers():
+    from mechlab.arithmetic.circuit import node_roles
+    measurements = pd.DataFrame({"kind": ["head", "mlp"], "dla": [0.0, 7.14], "restore": [0.68, 0.4]}, index=["L0H0", "MLP3"])
+    role_table = pd.DataFrame({"head": ["L0H0"], "label": ["b reader"], "mass:a": [0.05], "mass:b": [0.48]})
+    assert node_roles(measurements, role_table) == {"L0H0": "b reader: b 0.48", "MLP3": "DLA 7.14, restore 0.40"}

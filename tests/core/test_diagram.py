@@ -11,9 +11,10 @@ def test_node_columns_follow_the_residual_stream():
         node_column("embed", 4)
 
 
-def test_nodes_of_a_column_are_spread_in_name_order():
-    pos = node_positions(["L0H10", "L0H2", "MLP0"], 2)
-    assert pos["L0H2"][1] > pos["L0H10"][1] and pos["MLP0"] == (1, 0.0)
+def test_heads_are_spread_in_name_order_and_mlps_run_below_them():
+    pos = node_positions(["L0H10", "L0H2", "L0H3", "MLP0", "L1H0", "MLP1", "logits"], 2)
+    assert pos["L0H2"][1] > pos["L0H3"][1] > pos["L0H10"][1] and pos["L1H0"] == (2, 0.0)
+    assert pos["MLP0"] == (1, -2.0) and pos["MLP1"][1] == pos["logits"][1] == -2.0
 
 
 def test_edges_are_drawn_wider_with_their_effect_and_weak_ones_left_out():

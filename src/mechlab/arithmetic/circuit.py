@@ -86,21 +86,18 @@ def choose_circuit(measurements: pd.DataFrame, drop: float = CHOICE_DROP, restor
 
 
 def node_roles(measurements: pd.DataFrame, role_table: pd.DataFrame) -> dict[str, str]:
-    """A measured role per component, citing its number: heads by their attention label
+    """A measured role per component, citing its numbers: heads by their attention label
     (`roles.head_role_table`) and their largest attention mass from the answer-predicting
-    positions; MLPs by the larger of their direct effect on the answer (DLA) and their
-    patching restore."""
+    positions; MLPs by their direct effect on the answer (mean DLA) and their patching restore."""
     mass_cols = [c for c in role_table.columns if c.startswith("mass:")]
+    table = role_table.set_index("head")
     roles = {}
     for name, m in measurements.iterrows():
         if m["kind"] == "head":
-            r = role_table.set_index("head").loc[name]
-            top = r[mass_cols].astype(float).idxmax()
-            roles[name] = f"{r['label']}: {top.removeprefix('mass:')} {r[top]:.2f}"
-        elif abs(m["dla"]) >= m["restore"]:
-            roles[name] = f"writes answer: DLA {m['dla']:.2f}"
+            top = table.loc[name, mass_cols].astype(float).idxmax()
+            roles[name] = f"{table.loc[name, 'label']}: {top.removeprefix('mass:')} {table.loc[name, top]:.2f}"
         else:
-            roles[name] = f"carries operands: restore {m['restore']:.2f}"
+            roles[name] = f"DLA {m['dla']:.2f}, restore {m['restore']:.2f}"
     return roles
 
 

@@ -32,12 +32,18 @@ def node_column(name: str, n_layers: int) -> int:
 
 
 def node_positions(names: list[str], n_layers: int) -> dict[str, tuple[float, float]]:
-    """(x, y) per node: its column, and evenly spread heights within the column (in name order)."""
+    """(x, y) per node: its column; heads spread evenly within their column (in name order), MLPs
+    and the logits on one row below the tallest column of heads, so the MLP chain crosses no head."""
     columns: dict[int, list[str]] = {}
     for name in names:
         columns.setdefault(node_column(name, n_layers), []).append(name)
+    head_columns = [members for x, members in columns.items() if x % 2 == 0 and x < 2 * n_layers]
+    bottom = -(max(map(len, head_columns), default=1) - 1) / 2 - 1
     positions = {}
     for x, members in columns.items():
+        if x % 2 == 1 or x == 2 * n_layers:
+            positions |= {name: (x, bottom) for name in members}
+            continue
         members = sorted(members, key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
         for i, name in enumerate(members):
             positions[name] = (x, (len(members) - 1) / 2 - i)
