@@ -18,6 +18,7 @@ from mechlab.arithmetic.circuit import (
     best_threshold_rule,
     choose_circuit,
     component_measurements,
+    expected_knockout_sign,
     failure_mode_verdict,
     feature_aucs,
     layout_rows,
@@ -114,8 +115,11 @@ def test_verdicts_follow_their_rules():
     assert backup_verdict(pairs)[0] == PARTIAL and backup_verdict(pairs.assign(excess=0.2))[0] == HELD
     assert backup_verdict(pairs.assign(excess=0.01))[0] == FAILED
     layouts = {"3+3": 1.0, "3+1": 0.8}
-    assert failure_mode_verdict(layouts, 0.99, -0.2)[0] == HELD and failure_mode_verdict(layouts, 0.99, 0.0)[0] == PARTIAL
-    assert failure_mode_verdict({"3+3": 0.98}, 0.99, 0.0)[0] == FAILED
+    assert failure_mode_verdict(layouts, 0.99, -0.2, -1)[0] == HELD and failure_mode_verdict(layouts, 0.99, 0.0, -1)[0] == PARTIAL
+    assert failure_mode_verdict(layouts, 0.99, +0.2, -1)[0] == PARTIAL  # the knock-out hurts: needed, not the cause
+    assert failure_mode_verdict(layouts, 0.99, +0.2, +1)[0] == HELD
+    assert failure_mode_verdict({"3+3": 0.98}, 0.99, 0.0, -1)[0] == FAILED
+    assert expected_knockout_sign({"direction": ">="}) == -1 and expected_knockout_sign({"direction": "<="}) == 1
 
 
 def test_sudden_learning_verdict_tells_grokking_from_a_jump():

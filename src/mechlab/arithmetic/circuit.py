@@ -48,7 +48,7 @@ POSITION_DROP = CRITICAL_DROP  # positional embedding mean-ablated: exact match 
 BACKUP_HELD = CRITICAL_DROP  # a pair's excess drop this large: a real backup (BACKUP_EXCESS: a weak one)
 SUDDEN_RISE = 0.25           # validation exact match rising this much between two evaluations
 SYSTEMATIC_GAP = 0.10        # a digit layout this far below overall exact match: a systematic failure
-CAUSAL_CHANGE = 0.05         # knocking the predicting feature out moves the failure rate this much
+CAUSAL_CHANGE = 0.05         # knocking the predicting feature out moves the failure rate this much, the predicted way
 
 
 # --- choosing the circuit ---------------------------------------------------------------------------
@@ -294,17 +294,28 @@ def sudden_learning_verdict(history: Sequence[dict]) -> tuple[str, str]:
                      f"{before['train_exact']:.3f} -> {after['train_exact']:.3f}; grokking detector: {'fires' if grokked else 'silent'}")
 
 
-def failure_mode_verdict(layout_accuracy: dict[str, float], overall: float, knockout_change: float) -> tuple[str, str]:
+def expected_knockout_sign(rule: dict) -> int:
+    """The sign of the failure-rate change a knock-out of the rule's attention should cause if that
+    attention explains the failures: -1 when high attention predicts failure (">="; removing it
+    should spare prompts), +1 when low attention does ("<="; removing it should fail more)."""
+    return -1 if rule["direction"] == ">=" else 1
+
+
+def failure_mode_verdict(layout_accuracy: dict[str, float], overall: float, knockout_change: float,
+                         expected_sign: int) -> tuple[str, str]:
     """Systematic failure modes. Systematic: some operand digit layout scores >= SYSTEMATIC_GAP below
-    overall exact match. Explained: knocking out the feature that predicts its failures moves
-    the failure rate by >= CAUSAL_CHANGE. held: both; partial: systematic but not explained;
-    failed: no systematic layout."""
+    overall exact match. Explained: knocking out the feature that predicts its failures moves the
+    failure rate by >= CAUSAL_CHANGE *in the direction the prediction implies* (`expected_sign`,
+    from `expected_knockout_sign`; a change the other way shows the attention is needed, not that
+    it causes the failures). held: both; partial: systematic but not explained; failed: no
+    systematic layout."""
     worst = min(layout_accuracy, key=layout_accuracy.get)
     systematic = overall - layout_accuracy[worst] >= SYSTEMATIC_GAP
-    explained = abs(knockout_change) >= CAUSAL_CHANGE
+    explained = knockout_change * expected_sign >= CAUSAL_CHANGE
     verdict = FAILED if not systematic else HELD if explained else PARTIAL
     return verdict, (f"worst layout {worst}: exact match {layout_accuracy[worst]:.3f} vs {overall:.3f} overall; "
-                     f"knocking out the predicting feature changes its failure rate by {knockout_change:+.3f}")
+                     f"knocking out the predicting feature changes its failure rate by {knockout_change:+.3f} "
+                     f"(an explanation needs {'-' if expected_sign < 0 else '+'}{CAUSAL_CHANGE} or more)")
 
 
 HYPOTHESES = ("layer-wise specialization", "separate addition and modulo heads", "positional encoding use",
