@@ -491,3 +491,167 @@ def correlation(x: torch.Tensor, y: torch.Tensor) -> float:
     x, y = x - x.mean(), y - y.mean()
     denom = (x.norm() * y.norm()).item()
     return float("nan") if denom == 0 else ((x * y).sum().item() / denom)
+
+
+# --- path patching ----------------------------------------------------------------------------------
+#
+# Path patching (Wang et al. 2022, IOI) measures one *edge* sender -> receiver: on the clean run,
+# the sender's output is replaced by its corrupted-run value *only on its path into the receiver*.
+# Every component except the receiver is frozen at its clean output, so the receiver's input is
+# the clean residual stream plus the sender's output change, delta_S = sender(corrupted) -
+# sender(clean); the receiver's output is recomputed from that input; then the model runs on from
+# the receiver with everything downstream free (as in TransformerLens' and ARENA's path patching).
+# The receiver "logits" takes delta_S straight into the final residual stream (the direct path).
+#
+# Batched like `batched_patch`: one row per (edge, prompt); the sender deltas are computed once;
+# a receiver setter turns (clean stream + delta_S) into the receiver's output change delta_R for a
+# whole chunk of rows at once, and the rows run on from the receiver's layer with `_Runner` on the
+# clean cache. A sender is a head or an MLP (`mechlab.analysis.ablation.Component`), a receiver a
+# head, an MLP or `LOGITS`. `path_patch_reference` is the slow, hook-based version the tests
+# compare with.
+
+LOGITS = "logits"  # the receiver "the unembedding": the sender's direct effect on the logits
+RECEIVER_INPUTS = ("q", "k", "v")
+
+
+def _component_delta(clean_cache, corrupted_cache, model, sender, length: int) -> torch.Tensor:
+    """[n_prompts, length, d_model]: sender(corrupted) - sender(clean), the sender's output change
+    as written into the residual stream."""
+    if sender.kind == "head":
+        name = f"blocks.{sender.layer}.attn.hook_z"
+        dz = corrupted_cache[name][:, :length, sender.head] - clean_cache[name][:, :length, sender.head]
+        return dz @ model.blocks[sender.layer].attn.W_O[sender.head]
+    if sender.kind == "mlp":
+        name = f"blocks.{sender.layer}.hook_mlp_out"
+        return corrupted_cache[name][:, :length] - clean_cache[name][:, :length]
+    raise ValueError(f"a path-patching sender is a head or an MLP, not {sender.kind!r}")
+
+
+def head_receiver_setter(runner: _Runner, clean_cache, layer: int, prompt, head, delta: torch.Tensor,
+                         receiver_input: str = "qkv") -> torch.Tensor:
+    """[R, length, d_model]: the change of head `head` [R]'s output when the inputs named in
+    `receiver_input` (some of "q", "k", "v") read the clean stream entering `layer` plus `delta`
+    [R, length, d_model] and the others the clean stream."""
+    attn, ln, length = runner.model.blocks[layer].attn, runner.model.blocks[layer].ln1, runner.length
+    clean = ln(clean_cache[f"blocks.{layer}.hook_resid_pre"][prompt, :length])
+    patched = ln(clean_cache[f"blocks.{layer}.hook_resid_pre"][prompt, :length] + delta)
+    x = {name: patched if name in receiver_input else clean for name in RECEIVER_INPUTS}
+    q = torch.einsum("rpd,rde->rpe", x["q"], attn.W_Q[head]) + attn.b_Q[head][:, None]
+    k = torch.einsum("rpd,rde->rpe", x["k"], attn.W_K[head]) + attn.b_K[head][:, None]
+    v = torch.einsum("rpd,rde->rpe", x["v"], attn.W_V[head]) + attn.b_V[head][:, None]
+    scores = torch.einsum("rqe,rke->rqk", q, k) / attn.attn_scale
+    future = torch.ones(length, length, dtype=torch.bool, device=scores.device).triu(1)
+    z = torch.einsum("rqk,rke->rqe", F.softmax(scores.masked_fill(future, float("-inf")), dim=-1), v)
+    dz = z - clean_cache[f"blocks.{layer}.attn.hook_z"][prompt, :length, head]
+    return torch.einsum("rpe,red->rpd", dz, attn.W_O[head])
+
+
+def mlp_receiver_setter(runner: _Runner, clean_cache, layer: int, prompt, head, delta: torch.Tensor,
+                        receiver_input: str = "qkv") -> torch.Tensor:
+    """[R, length, d_model]: the change of MLP `layer`'s output when it reads the clean stream
+    after the layer's attention plus `delta` [R, length, d_model] (`head`, `receiver_input` unused)."""
+    block, length = runner.model.blocks[layer], runner.length
+    resid_mid = clean_cache[f"blocks.{layer}.hook_resid_mid"][prompt, :length] + delta
+    return block.mlp(block.ln2(resid_mid)) - clean_cache[f"blocks.{layer}.hook_mlp_out"][prompt, :length]
+
+
+def _run_on_from_receiver(runner: _Runner, clean_cache, kind: str, layer: int, prompt, delta_r: torch.Tensor) -> torch.Tensor:
+    """Logits [R, len(positions), d_vocab] when the receiver's output changes by `delta_r`."""
+    if kind == "head":
+        return runner.run_from_mid(layer, clean_cache[f"blocks.{layer}.hook_resid_mid"][prompt, :runner.length] + delta_r, prompt)
+    return runner.run(layer + 1, 0, clean_cache[f"blocks.{layer}.hook_resid_post"][prompt, :runner.length] + delta_r, prompt)
+
+
+# The receiver setters, specialised by kind (one more setter per receiver kind, as for the sweeps).
+PATH_RECEIVER_SETTERS: dict[str, Callable[..., torch.Tensor]] = {"head": head_receiver_setter, "mlp": mlp_receiver_setter}
+
+
+def _check_edge(sender, receiver) -> None:
+    if receiver == LOGITS:
+        return
+    after = receiver.layer > sender.layer or (receiver.kind == "mlp" and sender.kind == "head" and receiver.layer == sender.layer)
+    if not after:
+        raise ValueError(f"receiver {receiver.name} does not read {sender.name}'s output (it is not downstream)")
+
+
+@torch.no_grad()
+def path_patch(model, clean_cache, corrupted_cache, metric: PatchingMetric, edges: Sequence[tuple],
+               receiver_input: str = "qkv", token_budget: int = DEFAULT_TOKEN_BUDGET) -> torch.Tensor:
+    """[len(edges)]: the metric (0 = corrupted, 1 = clean) after path-patching each edge
+    (sender, receiver) on the clean run (see the section comment); 1 - value is the share of
+    the clean-vs-corrupted difference that flows along the edge. A head receiver reads the
+    patched stream through the inputs in `receiver_input` ("qkv", "q", "k", "v", "qk", ...).
+    Caches from `run_cache` on the clean and corrupted inputs."""
+    if not receiver_input or set(receiver_input) - set(RECEIVER_INPUTS):
+        raise ValueError(f"receiver_input must be made of {RECEIVER_INPUTS}, got {receiver_input!r}")
+    for sender, receiver in edges:
+        _check_edge(sender, receiver)
+    runner = _Runner(model, clean_cache, metric.positions)
+    length, n_prompts = runner.length, clean_cache["blocks.0.hook_resid_pre"].shape[0]
+    deltas = {s: _component_delta(clean_cache, corrupted_cache, model, s, length) for s in {s for s, _ in edges}}
+    out = torch.empty(len(edges), dtype=runner.dtype)
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, receiver) in enumerate(edges):
+        groups.setdefault((LOGITS, 0) if receiver == LOGITS else (receiver.kind, receiver.layer), []).append(i)
+    per_chunk = max(1, token_budget // (n_prompts * length))
+    for (kind, layer), ids in groups.items():
+        for first in range(0, len(ids), per_chunk):
+            chunk = ids[first:first + per_chunk]
+            prompt = torch.arange(n_prompts).repeat(len(chunk))  # row r <-> (edge chunk[r // n_prompts], prompt r % n_prompts)
+            delta = torch.cat([deltas[edges[i][0]] for i in chunk])
+            if kind == LOGITS:
+                resid = runner.final[prompt][:, metric.positions] + delta[:, metric.positions]
+                logits = model.unembed(model.ln_final(resid))
+            else:
+                head = torch.tensor([edges[i][1].head or 0 for i in chunk]).repeat_interleave(n_prompts)
+                delta_r = PATH_RECEIVER_SETTERS[kind](runner, clean_cache, layer, prompt, head, delta, receiver_input)
+                logits = _run_on_from_receiver(runner, clean_cache, kind, layer, prompt, delta_r)
+            out[chunk] = metric.score(logits.view(len(chunk), n_prompts, *logits.shape[1:])).cpu()
+    return out
+
+
+@torch.no_grad()
+def path_patch_reference(model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor, metric: Callable,
+                         sender, receiver, receiver_input: str = "qkv") -> float:
+    """`path_patch` for one edge, the slow and obvious way with hooks (three full forward passes):
+    (1) cache both runs; (2) run the clean input with every head and MLP output frozen at its clean
+    value, the sender's at its corrupted value and the receiver free, and keep the receiver's
+    inputs (q/k/v), output (MLP) or logits (`LOGITS`); (3) run the clean input with only those
+    patched in."""
+    _check_edge(sender, receiver)
+    clean_tokens, corrupted_tokens = clean_tokens.to(model.cfg.device), corrupted_tokens.to(model.cfg.device)
+    _, clean = model.run_with_cache(clean_tokens)
+    _, corrupted = model.run_with_cache(corrupted_tokens)
+
+    def freeze(act, hook):
+        is_z = hook.name.endswith("hook_z")
+        here = ("head" if is_z else "mlp", hook.layer())
+        out = clean[hook.name].clone()
+        if receiver != LOGITS and (receiver.kind, receiver.layer) == here:  # the receiver stays free
+            if is_z:
+                out[:, :, receiver.head] = act[:, :, receiver.head]
+            else:
+                out = act.clone()
+        if (sender.kind, sender.layer) == here:
+            if is_z:
+                out[:, :, sender.head] = corrupted[hook.name][:, :, sender.head]
+            else:
+                out = corrupted[hook.name].clone()
+        return out
+
+    frozen = [(f"blocks.{l}.{name}", freeze) for l in range(model.cfg.n_layers) for name in ("attn.hook_z", "hook_mlp_out")]
+    if receiver == LOGITS:
+        return float(metric(model.run_with_hooks(clean_tokens, fwd_hooks=frozen)))
+    names = [f"blocks.{receiver.layer}.attn.hook_{x}" for x in receiver_input] if receiver.kind == "head" \
+        else [f"blocks.{receiver.layer}.hook_mlp_out"]
+    with model.hooks(fwd_hooks=frozen):
+        _, kept = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
+
+    def patch(act, hook):
+        act = act.clone()
+        if receiver.kind == "head":
+            act[:, :, receiver.head] = kept[hook.name][:, :, receiver.head]
+            return act
+        return kept[hook.name]
+
+    return float(metric(model.run_with_hooks(clean_tokens, fwd_hooks=[(n, patch) for n in names])))
