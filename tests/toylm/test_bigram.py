@@ -8,6 +8,7 @@ from mechlab.toylm.bigram import (
     bigram_counts,
     bigram_entropy,
     bigram_loss,
+    bigram_report,
     conditional_probs,
     kl_per_token,
     learned_bigram_log_probs,
@@ -62,3 +63,12 @@ def test_pca_finds_the_direction_of_largest_variance():
     coords, share = pca(points, 2)
     assert abs(coords[:, 0]).tolist() == pytest.approx([2.0, 0.0, 2.0], abs=0.02)
     assert share[0] > 0.99
+
+
+def test_the_report_gives_floor_loss_and_kl_per_split():
+    counts = {"train": bigram_counts(torch.tensor(TEXT), 2), "val": bigram_counts(torch.tensor([0, 1, 0, 1]), 2)}
+    report = bigram_report(conditional_probs(counts["train"]).log(), counts)
+    assert report.loc["train", "KL(empirical || model)"] == pytest.approx(0.0, abs=1e-12)
+    assert report.loc["val", "entropy floor"] == pytest.approx(0.0, abs=1e-12)  # a b a b: fully determined
+    assert report.loc["val", "model loss"] == pytest.approx(-(2 * math.log(1.0) + math.log(0.75)) / 3)
+    assert report.loc["val", "bigrams"] == 3

@@ -81,3 +81,11 @@ def pca(matrix: torch.Tensor, n_components: int = 2) -> tuple[np.ndarray, np.nda
     u, s, _ = np.linalg.svd(x, full_matrices=False)
     share = s ** 2 / (s ** 2).sum()
     return u[:, :n_components] * s[:n_components], share[:n_components]
+
+
+def bigram_report(log_probs: torch.Tensor, counts: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """One row per stream (e.g. "train", "val"): its bigram entropy floor, the loss of the bigram model
+    `log_probs` on every bigram of it, and the weighted KL between the two (loss - floor), in nats."""
+    return pd.DataFrame([{"split": name, "entropy floor": bigram_entropy(n), "model loss": bigram_loss(log_probs, n),
+                          "KL(empirical || model)": weighted_kl(n, log_probs), "bigrams": int(n.sum())}
+                         for name, n in counts.items()]).set_index("split")
