@@ -5,6 +5,8 @@ from mechlab.analysis.induction import (
     detector_scores,
     half_losses,
     head_kinds,
+    heads_above,
+    heads_of_kind,
     induction_score,
     repeated_random_tokens,
 )
@@ -67,3 +69,10 @@ def test_half_losses_compare_the_first_and_the_repeated_half(tiny_model):
     per_token = tiny_model(tokens, return_type="loss", loss_per_token=True)
     assert losses["loss_first_half"] == pytest.approx(per_token[:, :SEQ_LEN - 1].mean().item())
     assert losses["loss_repeated_half"] == pytest.approx(per_token[:, SEQ_LEN:].mean().item())
+
+
+def test_heads_are_picked_by_score_and_by_kind():
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.3]])
+    assert heads_above(scores) == [(0, 1), (1, 0)]
+    assert heads_above(scores, threshold=0.95) == []
+    assert heads_of_kind([["previous_token", "other"], ["induction", "previous_token"]], "previous_token") == [(0, 0), (1, 1)]

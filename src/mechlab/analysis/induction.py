@@ -79,3 +79,15 @@ def half_losses(model, tokens: torch.Tensor, seq_len: int) -> dict[str, float]:
     losses = model(tokens, return_type="loss", loss_per_token=True)  # (batch, pos - 1): predicting token t + 1
     return {"loss_first_half": losses[:, :seq_len - 1].mean().item(),
             "loss_repeated_half": losses[:, seq_len:].mean().item()}
+
+
+def heads_above(scores: torch.Tensor, threshold: float = INDUCTION_THRESHOLD) -> list[tuple[int, int]]:
+    """[(layer, head)] of the heads whose score (n_layers, n_heads) exceeds `threshold`, highest first."""
+    layer, head = torch.nonzero(scores > threshold, as_tuple=True)
+    found = [(int(l), int(h)) for l, h in zip(layer, head)]
+    return sorted(found, key=lambda lh: -float(scores[lh]))
+
+
+def heads_of_kind(kinds: list[list[str]], kind: str) -> list[tuple[int, int]]:
+    """[(layer, head)] of the heads `head_kinds` named `kind`."""
+    return [(l, h) for l, row in enumerate(kinds) for h, k in enumerate(row) if k == kind]

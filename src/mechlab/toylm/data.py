@@ -104,10 +104,6 @@ def load_shakespeare(path: Path | str | None = None) -> CharCorpus:
     return CharCorpus.from_text(read_checked_text(shakespeare_path(path)))
 
 
-def shakespeare_vocab() -> tuple[str, ...]:
-    """The 65 characters of Tiny Shakespeare, sorted (the token ids); needs no file."""
-    return SHAKESPEARE_VOCAB
-
-
-# sorted(set(text)) of the checked file; a test compares it with the file when the file is present
+# The 65 characters of Tiny Shakespeare, sorted (token id = index): sorted(set(text)) of the checked file, written
+# out so that model configs need no file; a test compares it with the file when the file is present.
 SHAKESPEARE_VOCAB: tuple[str, ...] = tuple("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
