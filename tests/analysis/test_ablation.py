@@ -237,3 +237,16 @@ def test_backup_pairs_and_excess_matrix():
     assert list(zip(backups["a"], backups["b"])) == [("L1H0", "L1H1"), ("L0H1", "L1H1")]
     mat = excess_matrix(pairs, ["L0H1", "L1H0", "L1H1"])
     assert mat.loc["L1H1", "L1H0"] == mat.loc["L1H0", "L1H1"] == 0.20 and mat.loc["L0H1", "L0H1"] == 0.0
+
+
+def test_mean_ablation_of_a_head_works_in_an_attention_only_model():
+    from mechlab.analysis.ablation import Component, evaluate_ablated, reference_activations
+    from mechlab.core.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(n_layers=2, n_heads=2, d_model=16, d_head=8, d_mlp=None, d_vocab=7, n_ctx=8), "cpu")
+    tokens = torch.randint(0, 7, (4, 8))
+    reference = reference_activations(model, tokens)
+    assert "blocks.1.attn.hook_z" in reference and not any("mlp" in name for name in reference)
+    logits = lambda m: {"logit": m(tokens)[0, -1, 0].item()}  # noqa: E731
+    ablated = evaluate_ablated(model, logits, [Component("head", 1, 0)], "mean", reference)
+    assert ablated["logit"] != logits(model)["logit"]

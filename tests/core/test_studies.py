@@ -11,11 +11,13 @@ import pytest
 
 import mechlab.arithmetic.study  # noqa: F401  (registers "main")
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
+import mechlab.toylm.studies  # noqa: F401  (registers the toy language models)
 from mechlab.core.model import build
 from mechlab.core.studies import STUDIES, get_study, quick_recipe, register_study
 from mechlab.core.train import TrainConfig
 
-TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", "three_layer", "three_layer_wd01"}
+TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", "three_layer", "three_layer_wd01",
+           "toylm_zero_layer", "toylm_attn_only_1l", "toylm_attn_only_2l", "toylm_attn_only_2l_ctx256"}
 
 
 def test_every_trained_model_is_registered():
@@ -36,6 +38,9 @@ def test_a_name_is_registered_once():
 
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_every_study_builds_its_model_and_quick_task(name, generated_data):
+    from mechlab.toylm.data import shakespeare_path
+    if name.startswith("toylm_") and not shakespeare_path().is_file():
+        pytest.skip(f"Tiny Shakespeare is not at {shakespeare_path()} (set MECHLAB_SHAKESPEARE)")
     study = get_study(name)
     options = {"data_dir": generated_data[0]} if name == "main" else {}
     task = study.make_task(True, **options)

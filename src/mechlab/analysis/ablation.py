@@ -110,11 +110,11 @@ def impact_class(drop: float, critical: float = CRITICAL_DROP, moderate: float =
 def reference_activations(model, tokens: torch.Tensor, batch_size: int = 1024) -> dict[str, torch.Tensor]:
     """Activations at every ablatable hook on model inputs `tokens` [n, pos]: [n, pos, ...] per hook."""
     names = {n for c in all_components(model.cfg) for n in c.hook_names()}
-    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    parts: dict[str, list[torch.Tensor]] = {}
     for chunk in tokens.split(batch_size):
         _, cache = model.run_with_cache(chunk.to(model.cfg.device), names_filter=lambda n: n in names)
-        for n in names:
-            parts[n].append(cache[n].cpu())
+        for n in cache.keys():  # the hooks that ran: an attention-only model has no hook_mlp_out
+            parts.setdefault(n, []).append(cache[n].cpu())
     return {n: torch.cat(v) for n, v in parts.items()}
 
 
