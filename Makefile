@@ -7,7 +7,8 @@
 #   make data           regenerate data/*.jsonl and check them against data/manifest.json
 #   make train          train the main model (resumes runs/main/), export it to checkpoints/main/, evaluate it
 #   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
-#                       three_layer, three_layer_wd01): reproduces its committed checkpoint folder
+#                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
+#                       toylm_attn_only_2l_ctx256): reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
@@ -46,7 +47,8 @@ REPORT_HTML := $(patsubst notebooks/%.ipynb,$(REPORTS)/%.html,$(NOTEBOOKS))
 SRC := $(shell find src -name "*.py" | sort)
 CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 
-STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01
+STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01 \
+           toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
