@@ -135,9 +135,12 @@ def test_save_figure_without_a_browser_skips_with_one_line_or_says_how_to_get_on
 def test_stable_svg_ids_replace_plotly_random_id_everywhere():
     svg = '<defs id="defs-ab12cd"><clipPath id="clipab12cdxyplot"/></defs><g clip-path="url(#clipab12cdxy)"/>' \
           '<g id="topdefs-ab12cd"/><path clip-path="url(#legendab12cd)"/>' \
-          '<g class="trace scatter trace89478a"/><g class="trace scatter trace640c25"/><g class="trace89478a"/>'
+          '<g class="trace scatter trace89478a"/><g class="trace scatter trace640c25"/><g class="trace89478a"/>' \
+          '<g clip-path="url(#clipab12cd_scrollAreaBottomClip_9c0ffetrue)"/>' \
+          '<g clip-path="url(#clipab12cd_columnBoundaryClippath_9c0ffetrue_0)"/>'  # a go.Table's own id
     stable = plotting._stable_svg_ids(svg, "fig")
-    assert "ab12cd" not in stable and "89478a" not in stable and "640c25" not in stable
-    other_run = svg.replace("ab12cd", "ff00ee").replace("89478a", "123abc").replace("640c25", "def456")
+    assert not any(uid in stable for uid in ("ab12cd", "89478a", "640c25", "9c0ffe"))
+    other_run = svg.replace("ab12cd", "ff00ee").replace("89478a", "123abc").replace("640c25", "def456") \
+        .replace("9c0ffe", "31c4a0")
     assert stable == plotting._stable_svg_ids(other_run, "fig")
     assert len(set(re.findall(r"trace([0-9a-f]{6})", stable))) == 2  # two traces stay two
