@@ -11,6 +11,7 @@ from mechlab.analysis.ablation import (
     ablation_hooks,
     ablation_sweep,
     all_components,
+    at_positions,
     backup_pairs,
     evaluate_ablated,
     excess_matrix,
@@ -102,6 +103,25 @@ def test_hooks_set_the_right_values(tiny_model, data):
             assert all(any(torch.equal(row, rr) for rr in r) for row in z[:, :, 0])
         _, cache = tiny_model.run_with_cache(tokens)
         assert torch.allclose(z[:, :, 1], cache["blocks.1.attn.hook_z"][:, :, 1])  # other head untouched
+
+
+def test_a_component_at_some_positions_is_ablated_there_only(tiny_model, data):
+    test, _ = data
+    tokens = test.tokens[:, :MODEL_INPUT_LEN]
+    head_at_end = at_positions(Component("head", 1, 0), [MODEL_INPUT_LEN - 2, MODEL_INPUT_LEN - 1], "end")
+    mlp_at_start = at_positions(Component("mlp", 0), [0, 1], "start")
+    assert (head_at_end.name, mlp_at_start.name) == ("L1H0@end", "MLP0@start")
+    with torch.no_grad():
+        _, clean = tiny_model.run_with_cache(tokens)
+        with tiny_model.hooks(fwd_hooks=ablation_hooks([head_at_end], "zero")):
+            _, cache = tiny_model.run_with_cache(tokens)
+        z, clean_z = cache["blocks.1.attn.hook_z"], clean["blocks.1.attn.hook_z"]
+        assert (z[:, -2:, 0] == 0).all() and not (clean_z[:, -2:, 0] == 0).all()
+        assert torch.equal(z[:, :-2, 0], clean_z[:, :-2, 0]) and torch.equal(z[:, :, 1], clean_z[:, :, 1])
+        with tiny_model.hooks(fwd_hooks=ablation_hooks([mlp_at_start], "zero")):
+            _, cache = tiny_model.run_with_cache(tokens)
+        mlp, clean_mlp = cache["blocks.0.hook_mlp_out"], clean["blocks.0.hook_mlp_out"]
+        assert (mlp[:, :2] == 0).all() and torch.equal(mlp[:, 2:], clean_mlp[:, 2:])
 
 
 def test_whole_layer_zero_ablation_removes_its_writes(tiny_model, data):

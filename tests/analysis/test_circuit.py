@@ -12,8 +12,10 @@ from mechlab.analysis.circuit import (
     greedy_growth,
     knockout_sets,
     minimality,
+    needed_where,
     outside,
     positional_mean_hooks,
+    split_by_positions,
 )
 from mechlab.analysis.patching import LOGITS
 from mechlab.arithmetic.task import ArithmeticSplit
@@ -110,3 +112,22 @@ def test_positional_mean_hooks_remove_position_information(tiny_model, setup):
         _, cache = tiny_model.run_with_cache(tokens[:2], names_filter="hook_pos_embed")
     pos = cache["hook_pos_embed"]
     assert torch.allclose(pos[:, 0], pos[:, -1]) and not torch.allclose(tiny_model.W_pos[0], tiny_model.W_pos[1])
+
+
+def test_position_parts_together_are_the_whole_components(tiny_model, setup):
+    score, reference, components, _ = setup
+    parts = split_by_positions(components, {"upto=": range(EQUALS_POS + 1), "after": range(EQUALS_POS + 1, MODEL_INPUT_LEN)})
+    assert [p.name for p in parts[:2]] == ["L0H0@upto=", "L0H0@after"]
+    assert circuit_score(tiny_model, score, parts, parts, reference, metric="logit7") == score(tiny_model)["logit7"]
+    empty_parts = circuit_score(tiny_model, score, [], parts, reference, metric="logit7")
+    assert empty_parts == pytest.approx(circuit_score(tiny_model, score, [], components, reference, metric="logit7"), abs=1e-12)
+
+
+def test_parts_after_the_scored_position_are_never_needed(tiny_model, setup):
+    score, reference, components, _ = setup  # the score reads the logits at "=" only
+    parts = split_by_positions(components, {"upto=": range(EQUALS_POS + 1), "after": range(EQUALS_POS + 1, MODEL_INPUT_LEN)})
+    table = needed_where(minimality(tiny_model, score, parts, parts, reference, metric="logit7", threshold=1e-9))
+    assert sorted(table.component) == sorted(c.name for c in components)  # one row per component
+    assert (table["drop@after"].abs() < 1e-12).all()
+    assert table["drop@upto="].abs().max() > 1e-3
+    assert set(table["needed at"]) <= {"upto=", "nowhere"}

@@ -1,9 +1,13 @@
-"""The candidate-feature table: every feature of a few problems by hand, and the residue grid."""
+"""The candidate-feature table: every feature of a few problems by hand, the residue grid, and the
+residue readout on planted activations."""
 from __future__ import annotations
 
-import pandas as pd
+import math
 
-from mechlab.arithmetic.data import MODULUS
+import pandas as pd
+import torch
+
+from mechlab.arithmetic.data import MODULUS, Example, bucket_of
 from mechlab.arithmetic.features import (
     CAUSAL_DROP,
     FEATURES,
@@ -15,6 +19,7 @@ from mechlab.arithmetic.features import (
     operand_digit_code,
     residue_account,
     residue_grid_rows,
+    residue_readout,
 )
 
 
@@ -78,3 +83,26 @@ def test_operand_digit_code_is_one_hot_per_digit():
     code = operand_digit_code(feature_table([{"a": 234, "b": 56, "m": MODULUS}]))
     assert code.shape == (1, 60) and code.sum() == 6
     assert code[0].nonzero().flatten().tolist() == [2, 13, 24, 30, 45, 56]  # a2=2, a1=3, a0=4, b2=0, b1=5, b0=6
+
+
+def planted_acts_and_rows(n: int, m: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
+    """acts [1 point, n, 6] and n rows a + b mod m; the acts hold: (cos, sin)(2 pi k (a+b) mod m / 113) for k = 1
+    in the first two dimensions, noise elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randint(0, 1000, (n,), generator=g), torch.randint(0, 1000, (n,), generator=g)
+    rows = [Example(int(x), int(y), m, bucket_of(int(x), int(y), m)).to_json() for x, y in zip(a, b)]
+    angle = 2 * math.pi * ((a + b) % m).double() / MODULUS
+    acts = torch.cat([angle.cos()[:, None], angle.sin()[:, None], 0.1 * torch.randn(n, 4, generator=g, dtype=torch.float64)], 1)
+    return acts[None], rows
+
+
+def test_residue_readout_recovers_a_planted_circle_and_loses_it_under_another_modulus():
+    fit_acts, fit_rows = planted_acts_and_rows(800, MODULUS, seed=0)
+    same_rule = planted_acts_and_rows(300, MODULUS, seed=1)
+    mod_127 = planted_acts_and_rows(300, 127, seed=2)  # the stream holds (a+b) mod 127, the probe reads mod 113
+    table = residue_readout(fit_acts, fit_rows, {"same rule": same_rule, "mod 127": mod_127}, ["resid"])
+    circle = table[(table.feature == "(a+b) mod m") & (table.target == "k=1")].iloc[0]
+    assert circle["held-out"] > 0.95 and circle["same rule"] > 0.95
+    assert circle["mod 127"] < 0.5
+    operand = table[(table.feature == "a mod m") & (table.target == "k=1")].iloc[0]
+    assert operand["held-out"] < 0.2  # a mod 113 was not planted

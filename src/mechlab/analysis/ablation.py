@@ -15,6 +15,10 @@ Components (`Component`):
 * layer L:         both blocks.L.hook_attn_out and blocks.L.hook_mlp_out (the whole block's
                    write to the residual stream; the residual connection itself is kept).
 
+A component may be restricted to some positions (`Component.positions`, counted from the left, with a
+label `where`): it is then ablated at those positions only, e.g. a head at the answer-predicting
+positions (`at_positions`), which splits a head into parts that a circuit can keep or drop apart.
+
 Methods:
 
 * zero:     the activation is set to 0;
@@ -69,10 +73,13 @@ class Component:
     kind: str  # "head", "mlp" or "layer"
     layer: int
     head: int | None = None
+    positions: tuple[int, ...] | None = None  # ablated at these positions only (None: every position)
+    where: str = ""  # a label for `positions`, e.g. "answer"; part of the name
 
     @property
     def name(self) -> str:
-        return {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}", "layer": f"layer{self.layer}"}[self.kind]
+        base = {"head": f"L{self.layer}H{self.head}", "mlp": f"MLP{self.layer}", "layer": f"layer{self.layer}"}[self.kind]
+        return f"{base}@{self.where}" if self.positions is not None else base
 
     def hook_names(self) -> list[str]:
         if self.kind == "head":
@@ -82,6 +89,11 @@ class Component:
         if self.kind == "layer":
             return [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"]
         raise ValueError(f"unknown component kind {self.kind!r}")
+
+
+def at_positions(component: Component, positions: Sequence[int], where: str) -> Component:
+    """The part of `component` at `positions` (labelled `where`): ablating it leaves the others alone."""
+    return Component(component.kind, component.layer, component.head, tuple(positions), where)
 
 
 def heads(cfg) -> list[Component]:
@@ -129,9 +141,9 @@ def ablation_hooks(components: Iterable[Component], method: str, reference: dict
     hooks = []
     for comp in components:
         for name in comp.hook_names():
-            head = comp.head
+            head, at = comp.head, (slice(None) if comp.positions is None else list(comp.positions))
 
-            def hook(act, hook, name=name, head=head):
+            def hook(act, hook, name=name, head=head, at=at):
                 pos = act.shape[1]
                 if method == "zero":
                     value = torch.zeros_like(act)
@@ -144,10 +156,11 @@ def ablation_hooks(components: Iterable[Component], method: str, reference: dict
                     gen = torch.Generator().manual_seed(seed)
                     idx = torch.randint(0, ref.shape[0], (act.shape[0],), generator=gen)
                     value = ref[idx, :pos].to(act.device, act.dtype)
-                if head is None:
-                    return value.clone()
                 act = act.clone()
-                act[:, :, head] = value[:, :, head]
+                if head is None:
+                    act[:, at] = value[:, at]
+                else:
+                    act[:, at, head] = value[:, at, head]
                 return act
 
             hooks.append((name, hook))

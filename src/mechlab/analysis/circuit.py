@@ -14,6 +14,9 @@ it mean-ablated (its output replaced by its per-position mean over reference pro
   score(circuit) - score(circuit - c) exceeds MINIMAL_DROP (0.01).
 * greedy growth: add, one at a time, the component whose addition raises score(circuit) most,
   until the faithfulness goal is met or nothing is left.
+* by position: `split_by_positions` cuts every component into parts at groups of positions (e.g.
+  the prompt and the answer-predicting positions; `ablation.at_positions`), so the same criteria
+  say where a head is needed (`needed_where` reads a `minimality` table of the parts).
 
 Path-patching results (`mechlab.analysis.patching.path_patch`) become an edge table with
 `edge_effects`: effect = 1 - patched metric, the share of the clean-vs-corrupted difference that
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from mechlab.analysis.ablation import Component, Score, _score_fn, evaluate_ablated
+from mechlab.analysis.ablation import Component, Score, _score_fn, at_positions, evaluate_ablated
 
 FAITHFULNESS_GOAL = 0.95
 MINIMAL_DROP = 0.01
@@ -86,6 +89,27 @@ def minimality(model, score: Score, circuit: Sequence[Component], components: Se
         without = circuit_score(model, score, [x for x in circuit if x != c], components, reference, metric=metric)
         rows.append({"component": c.name, "without": without, "drop": base - without, "needed": base - without > threshold})
     return pd.DataFrame(rows).sort_values("drop", ascending=False, ignore_index=True)
+
+
+def split_by_positions(components: Sequence[Component], groups: dict[str, Sequence[int]]) -> list[Component]:
+    """Every component cut into one part per group of positions (name -> positions), in order:
+    L0H0@prompt, L0H0@answer, L0H1@prompt, ... The groups should cover every position once, so
+    that all the parts together are the whole model."""
+    return [at_positions(c, positions, where) for c in components for where, positions in groups.items()]
+
+
+def needed_where(minimal: pd.DataFrame) -> pd.DataFrame:
+    """From a `minimality` table of position parts ("L0H0@prompt", ...): one row per component with
+    each part's drop ("drop@<where>") and `needed at`, the groups where it is needed joined by " + "
+    ("nowhere" if none), in the order the components first appear in `minimal`."""
+    parts = minimal.assign(base=minimal["component"].str.split("@").str[0], where=minimal["component"].str.split("@").str[1])
+    drops = parts.pivot(index="base", columns="where", values="drop")
+    needed = parts.pivot(index="base", columns="where", values="needed")
+    order = list(dict.fromkeys(parts["base"]))
+    wheres = list(dict.fromkeys(parts["where"]))
+    table = drops.reindex(index=order, columns=wheres).add_prefix("drop@")
+    table["needed at"] = [" + ".join(w for w in wheres if needed.loc[b, w]) or "nowhere" for b in order]
+    return table.rename_axis("component").reset_index()
 
 
 def knockout_sets(circuit: Sequence[Component], n_random: int = 5, size: int = 3, seed: int = 0) -> dict[str, list[Component]]:

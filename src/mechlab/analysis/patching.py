@@ -567,6 +567,9 @@ PATH_RECEIVER_SETTERS: dict[str, Callable[..., torch.Tensor]] = {"head": head_re
 
 
 def _check_edge(sender, receiver) -> None:
+    for node in (sender, receiver):
+        if node != LOGITS and node.positions is not None:
+            raise ValueError(f"path patching takes whole components; {node.name} is restricted to some positions")
     if receiver == LOGITS:
         return
     after = receiver.layer > sender.layer or (receiver.kind == "mlp" and sender.kind == "head" and receiver.layer == sender.layer)

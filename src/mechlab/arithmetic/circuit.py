@@ -35,7 +35,7 @@ import torch
 from mechlab.analysis.ablation import BACKUP_EXCESS, CRITICAL_DROP, Component
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
 from mechlab.arithmetic.roles import ROLES, role_ids
-from mechlab.arithmetic.task import ArithmeticSplit, answer_logits, teacher_forced_exact
+from mechlab.arithmetic.task import EVAL_BATCH, ArithmeticSplit, answer_logits, teacher_forced_exact
 from mechlab.arithmetic.tokenizer import EQUALS_POS
 
 CHOICE_DROP = CRITICAL_DROP  # 0.10 exact-match drop under mean ablation
@@ -117,7 +117,7 @@ def split_seen(rows: Sequence[dict], seen: Sequence[dict]) -> tuple[list[dict], 
 
 
 @torch.no_grad()
-def row_correct(model, split: ArithmeticSplit, hooks: Sequence = (), batch_size: int = 1024) -> torch.Tensor:
+def row_correct(model, split: ArithmeticSplit, hooks: Sequence = (), batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """[n] bool: teacher-forced exact match per row (equal to greedy decoding's), under `hooks`."""
     out, device = [], next(model.parameters()).device
     with model.hooks(fwd_hooks=list(hooks)) if hooks else contextlib.nullcontext():

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.task import ArithmeticSplit, answer_logits, predicted_answers, teacher_forced_exact
+from mechlab.arithmetic.task import EVAL_BATCH, ArithmeticSplit, answer_logits, predicted_answers, teacher_forced_exact
 from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN
 
 OTHER_MODULI = (97, 113, 127)  # the training modulus and the moduli of the OOD sets
@@ -93,7 +93,7 @@ def shuffled_answers(answers: Sequence[str], seed: int = 0) -> list[str]:
 
 
 @torch.no_grad()
-def model_answers(model: torch.nn.Module, rows: Sequence[dict], batch_size: int = 2048) -> list[str]:
+def model_answers(model: torch.nn.Module, rows: Sequence[dict], batch_size: int = EVAL_BATCH) -> list[str]:
     """The greedily generated answer to each data row's prompt (`task.predicted_answers`).
 
     Rows the model gets exactly right by one teacher-forced pass (`task.teacher_forced_exact`,

@@ -21,6 +21,9 @@ Each feature has a kind (`Feature.kind`):
              the circle (cos, sin)(2 pi k x / m) for each frequency k).
 
 `residue_grid_rows` builds one prompt per (a mod m, b mod m) cell, for 2-D Fourier spectra.
+`residue_readout` fits residue probes at `=` on in-distribution prompts and scores them, unchanged,
+on other sets (the out-of-distribution sets of notebook 08): does the model still compute the
+mod-113 quantities there?
 """
 from __future__ import annotations
 
@@ -31,7 +34,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from mechlab.analysis.probes import cache_activations, fit_probes, probe_transfer
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
+from mechlab.arithmetic.task import ArithmeticSplit
+from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,45 @@ def residue_grid_rows(m: int = MODULUS, max_operand: int = MAX_OPERAND, seed: in
             a, b = pick(x), pick(y)
             rows.append(Example(a, b, m, bucket_of(a, b, m)).to_json())
     return rows
+
+READOUT_FEATURES = ("a mod m", "b mod m", "(a+b) mod m")  # what `residue_readout` probes by default
+
+
+def activations_at_equals(model, rows: list[dict], hook_names: Sequence[str]) -> torch.Tensor:
+    """[len(hook_names), len(rows), d_model]: each hook's activation at `=` on each row's prompt."""
+    tokens = ArithmeticSplit.from_rows(rows).tokens[:, :MODEL_INPUT_LEN]
+    at_equals = torch.full((len(tokens), 1), EQUALS_POS)
+    cache = cache_activations(model, tokens, hook_names, positions=at_equals)
+    return torch.stack([cache[h][:, 0] for h in hook_names])
+
+
+def residue_readout(fit_acts: torch.Tensor, fit_rows: list[dict], sets: dict[str, tuple[torch.Tensor, list[dict]]],
+                    points: Sequence[str], features: Sequence[str] = READOUT_FEATURES, modulus: int = MODULUS,
+                    seed: int = 0) -> pd.DataFrame:
+    """How well residue probes fitted on `fit_rows` read the same quantities on other prompts.
+
+    Probes for `features` (as 113-way classes and on each circle k) are fitted at one slot per prompt
+    on fit_acts [n_points, n, d] (`fit_probes`: 75% of the rows, scored on the rest), then scored
+    unchanged (`probe_transfer`) on each set's acts [n_points, n_set, d]. Every row's features are
+    taken mod `modulus`, whatever modulus its prompt asks for: a set that scores like the fit rows
+    still carries the mod-`modulus` quantities. One row per (feature, target, point): metric,
+    "held-out" (the fit rows' held-out score) and one column per set."""
+    chosen = [FEATURE_BY_NAME[f] for f in features]
+
+    def values(rows: list[dict]) -> torch.Tensor:
+        return torch.tensor(feature_table([r | {"m": modulus} for r in rows])[list(features)].to_numpy())
+
+    def one_slot(n: int) -> torch.Tensor:
+        return torch.ones(n, 1, dtype=torch.bool)
+
+    probes, table = fit_probes(fit_acts[:, :, None], one_slot(len(fit_rows)), values(fit_rows), chosen, list(points),
+                               ["="], seed=seed)
+    key = ["feature", "target", "point"]
+    out = table.set_index(key)[["metric", "score"]].rename(columns={"score": "held-out"})
+    for name, (acts, rows) in sets.items():
+        out[name] = probe_transfer(probes, acts[:, :, None], one_slot(len(rows)), values(rows)).set_index(key)["score"]
+    return out.reset_index()
+
 
 # Neuron kinds named after the family of a neuron's strongest feature (mechlab.analysis.neurons.NEURON_RULE).
 NEURON_KIND_BY_FAMILY = {"operand digits": "digit detector", "operands": "operand magnitude", "residues": "residue",
