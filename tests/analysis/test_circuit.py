@@ -126,7 +126,7 @@ def test_position_parts_together_are_the_whole_components(tiny_model, setup):
 def test_parts_after_the_scored_position_are_never_needed(tiny_model, setup):
     score, reference, components, _ = setup  # the score reads the logits at "=" only
     parts = split_by_positions(components, {"upto=": range(EQUALS_POS + 1), "after": range(EQUALS_POS + 1, MODEL_INPUT_LEN)})
-    table = needed_where(minimality(tiny_model, score, parts, parts, reference, metric="logit7", threshold=1e-9))
+    table = needed_where(minimality(tiny_model, score, parts, parts, reference, metric="logit7", threshold=1e-9), ["upto=", "after"])
     assert sorted(table.component) == sorted(c.name for c in components)  # one row per component
     assert (table["drop@after"].abs() < 1e-12).all()
     assert table["drop@upto="].abs().max() > 1e-3

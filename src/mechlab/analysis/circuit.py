@@ -98,15 +98,16 @@ def split_by_positions(components: Sequence[Component], groups: dict[str, Sequen
     return [at_positions(c, positions, where) for c in components for where, positions in groups.items()]
 
 
-def needed_where(minimal: pd.DataFrame) -> pd.DataFrame:
+def needed_where(minimal: pd.DataFrame, wheres: Sequence[str] | None = None) -> pd.DataFrame:
     """From a `minimality` table of position parts ("L0H0@prompt", ...): one row per component with
     each part's drop ("drop@<where>") and `needed at`, the groups where it is needed joined by " + "
-    ("nowhere" if none), in the order the components first appear in `minimal`."""
+    in the order of `wheres` (default: as they first appear) or "nowhere", in the order the
+    components first appear in `minimal`."""
     parts = minimal.assign(base=minimal["component"].str.split("@").str[0], where=minimal["component"].str.split("@").str[1])
     drops = parts.pivot(index="base", columns="where", values="drop")
     needed = parts.pivot(index="base", columns="where", values="needed")
     order = list(dict.fromkeys(parts["base"]))
-    wheres = list(dict.fromkeys(parts["where"]))
+    wheres = list(wheres) if wheres is not None else list(dict.fromkeys(parts["where"]))
     table = drops.reindex(index=order, columns=wheres).add_prefix("drop@")
     table["needed at"] = [" + ".join(w for w in wheres if needed.loc[b, w]) or "nowhere" for b in order]
     return table.rename_axis("component").reset_index()
