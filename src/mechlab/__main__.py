@@ -26,6 +26,7 @@ import torch
 
 import mechlab.arithmetic.study as main_study
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
+import mechlab.shakespeare.studies  # noqa: F401  (registers the Shakespeare GPT studies)
 import mechlab.toylm.studies  # noqa: F401  (registers the toy language models)
 from mechlab.arithmetic import data
 from mechlab.arithmetic.tokenizer import TokenizerError
