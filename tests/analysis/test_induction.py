@@ -7,7 +7,9 @@ from mechlab.analysis.induction import (
     head_kinds,
     heads_above,
     heads_of_kind,
+    in_context_learning_score,
     induction_score,
+    loss_by_position,
     repeated_random_tokens,
 )
 
@@ -76,3 +78,22 @@ def test_heads_are_picked_by_score_and_by_kind():
     assert heads_above(scores) == [(0, 1), (1, 0)]
     assert heads_above(scores, threshold=0.95) == []
     assert heads_of_kind([["previous_token", "other"], ["induction", "previous_token"]], "previous_token") == [(0, 0), (1, 1)]
+
+
+def test_loss_by_position_averages_each_position_over_the_batch(tiny_model):
+    tokens = repeated_random_tokens(tiny_model.cfg.d_vocab, SEQ_LEN, batch=3)
+    per_token = tiny_model(tokens, return_type="loss", loss_per_token=True)
+    by_position = loss_by_position(tiny_model, tokens)
+    assert by_position.shape == (POS - 1,)
+    assert by_position[4].item() == pytest.approx(per_token[:, 4].mean().item())
+
+
+def test_in_context_learning_score_is_late_loss_minus_early_loss():
+    losses = torch.tensor([4.0, 3.5, 3.0, 2.0, 1.0])
+    assert in_context_learning_score(losses, early=1, late=4) == pytest.approx(1.0 - 3.5)
+    batch = torch.stack([losses, losses + 2.0])  # (batch, pos - 1): averaged over the batch first
+    assert in_context_learning_score(batch, early=0, late=3) == pytest.approx(2.0 - 4.0)
+    with pytest.raises(ValueError, match="early < late"):
+        in_context_learning_score(losses, early=3, late=1)
+    with pytest.raises(ValueError, match="early < late"):
+        in_context_learning_score(losses, early=0, late=5)

@@ -1,6 +1,7 @@
 """Induction heads and their relatives, for any `HookedTransformer`: repeated random tokens, ARENA's
 induction score, TransformerLens' head-detector scores computed on attention patterns, a head
-taxonomy from those scores, and the loss on the first and the repeated half of a sequence.
+taxonomy from those scores, the loss on the first and the repeated half of a sequence, the loss by
+context position and Olsson et al.'s in-context-learning score (loss late in the context minus early).
 
 ARENA's induction score of a head: on tokens that are a random sequence of `seq_len` tokens followed
 by the same sequence, the mean attention on the `-seq_len + 1` diagonal (query i attends to key
@@ -70,6 +71,25 @@ def head_kinds(scores: dict[str, torch.Tensor], threshold: float = HEAD_KIND_THR
     best_value, best = stacked.max(dim=0)
     return [[kinds[best[l, h]] if best_value[l, h] > threshold else "other" for h in range(best.shape[1])]
             for l in range(best.shape[0])]
+
+
+def loss_by_position(model, tokens: torch.Tensor) -> torch.Tensor:
+    """(pos - 1,) mean next-token loss at each context position over the batch: entry t is the loss of
+    predicting token t + 1 from tokens 0..t; tokens (batch, pos)."""
+    return model(tokens, return_type="loss", loss_per_token=True).mean(0)
+
+
+def in_context_learning_score(losses: torch.Tensor, early: int, late: int) -> float:
+    """Olsson et al.'s (2022) in-context-learning score: the mean loss at context position `late` minus
+    the mean loss at position `early` (negative when later tokens are predicted better, i.e. the model
+    uses the context). `losses` (pos - 1,) from `loss_by_position`, or (batch, pos - 1) per-token losses
+    (averaged over the batch); position t is the prediction of token t + 1 from tokens 0..t. Olsson et
+    al. use the 500th and the 50th token of a 512-token context; a shorter context scales both down
+    (e.g. late = n_ctx - 2, early = n_ctx // 10), and the positions chosen should be stated with the score."""
+    if not 0 <= early < late < losses.shape[-1]:
+        raise ValueError(f"need 0 <= early < late < {losses.shape[-1]} (positions with a loss), got early={early}, late={late}")
+    by_position = losses if losses.dim() == 1 else losses.mean(0)
+    return (by_position[late] - by_position[early]).item()
 
 
 def half_losses(model, tokens: torch.Tensor, seq_len: int) -> dict[str, float]:
