@@ -40,6 +40,7 @@ from mechlab.toylm.data import load_shakespeare
 from mechlab.toylm.task import window_starts, windows
 
 CONFIDENT = 0.5  # the seed's "model becomes > 50% confident"
+NO_HEADS = "n/a (no induction head)"
 ICL_SHARE = 0.5  # ablating the induction heads "removes the in-context learning" when it removes this share of it
 
 
@@ -215,3 +216,81 @@ def emergence_point(series: pd.DataFrame, threshold: float = INDUCTION_THRESHOLD
         return {"step": None, "head": None, "layer": None}
     first = above.iloc[0]
     return {"step": int(first["step"]), "head": first["best_head"], "layer": int(first["best_layer"])}
+
+
+@dataclass
+class SeedFindings:
+    """Everything the findings table reports for one trained model (see `seed_findings`)."""
+
+    induction_scores: torch.Tensor  # (n_layers, n_heads)
+    induction_heads: list[tuple[int, int]]
+    induction_acc: float
+    patching: pd.DataFrame
+    ablations: pd.DataFrame
+    taxonomy: dict[str, torch.Tensor]
+    lens_confidence: pd.Series
+    lens_point: str
+    text_lens_point: str
+    emergence: dict
+    val_loss: float
+
+    def summary(self) -> dict[str, object]:
+        """The findings as comparable values, for `replication_table` (head indices are arbitrary across
+        seeds, so heads are compared by count and layer, not by name)."""
+        from mechlab.analysis.induction import head_kinds
+        layers = self.patching[self.patching["head"] == -1]
+        ablated = self.ablations
+        icl = ablated.loc["none", "icl_score"]
+        kinds = head_kinds(self.taxonomy)
+        has_heads = "induction heads" in ablated.index
+        return {
+            "val loss <= nanoGPT's 1.8857": self.val_loss <= 1.8857,
+            "induction heads (score > 0.4)": len(self.induction_heads),
+            "layers of the induction heads": ", ".join(str(l) for l in sorted({l for l, _ in self.induction_heads})) or "none",
+            "induction accuracy > 10 x chance (1/65)": self.induction_acc > 10 / 65,
+            "patching: attention layer restoring most": int(layers.loc[layers["effect"].idxmax(), "layer"]),
+            "ablating induction heads removes >= half the ICL score":
+                bool(icl < 0 and ablated.loc["induction heads", "icl_score"] - icl >= -ICL_SHARE * icl)
+                if has_heads else NO_HEADS,
+            "ablating induction heads hurts induction accuracy more than a control set":
+                bool(ablated.loc["induction heads", "induction_acc"] < ablated.loc["control heads", "induction_acc"])
+                if has_heads else NO_HEADS,
+            "previous-token heads (layers)": ", ".join(str(l) for l, row in enumerate(kinds) if "previous_token" in row) or "none",
+            "logit-lens point > 50% on induction": self.lens_point,
+            "logit-lens point > 50% on text": self.text_lens_point,
+            "emergence layer (first snapshot with a head > 0.4)": self.emergence["layer"],
+        }
+
+
+def seed_findings(model, val: torch.Tensor, checkpoint_dir: Path, n_sequences: int = 100, n_windows: int = 256,
+                  seed: int = 0) -> SeedFindings:
+    """Every finding for one exported model (`checkpoint_dir` holds its emergence.json): repeated random
+    sequences of n_ctx // 2 characters (`n_sequences`, generator `seed`) and `n_windows` validation windows."""
+    from mechlab.shakespeare.studies import full_val_loss
+    cfg = model.cfg
+    seq_len = cfg.n_ctx // 2
+    tokens = repeated_random_tokens(cfg.d_vocab, seq_len, n_sequences, seed=seed)
+    text = val_windows(val, cfg.n_ctx, n_windows)
+    scores = induction_score(attention_patterns(model, tokens), seq_len)
+    found = heads_above(scores, INDUCTION_THRESHOLD)
+    all_heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    sets = {"induction heads": found, "control heads": control_heads(all_heads, found, len(found), seed)} if found else {}
+    confidence, point = lens_convergence(model, tokens, seq_len)
+    return SeedFindings(
+        induction_scores=scores, induction_heads=found, induction_acc=induction_accuracy(model, tokens, seq_len),
+        patching=layer_patching(model, tokens, seq_len), ablations=head_ablations(model, text, tokens, seq_len, sets),
+        taxonomy=head_taxonomy_scores(model, tokens, text, seq_len), lens_confidence=confidence, lens_point=point,
+        text_lens_point=text_lens_convergence(model, text)[1],
+        emergence=emergence_point(load_emergence(checkpoint_dir)), val_loss=full_val_loss(model, val, cfg.n_ctx))
+
+
+def replication_table(summaries: dict[str, dict[str, object]]) -> pd.DataFrame:
+    """One row per finding, one column per seed, and `replicates`: whether every seed found the same."""
+    table = pd.DataFrame(summaries)
+    table["replicates"] = [len({str(value) for value in row}) == 1 for row in table.itertuples(index=False)]
+    return table
+
+
+def replication_share(table: pd.DataFrame) -> float:
+    """Share of the findings (rows of `replication_table`) that replicate across every seed."""
+    return float(table["replicates"].mean())

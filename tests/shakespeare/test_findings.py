@@ -1,0 +1,111 @@
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from mechlab.analysis.induction import repeated_random_tokens
+from mechlab.core.model import ModelConfig, build_model
+from mechlab.shakespeare.findings import (
+    InductionLogProb,
+    corrupted_first_half,
+    emergence_point,
+    first_token_score,
+    icl_positions,
+    induction_accuracy,
+    induction_targets,
+    layer_patching,
+    replication_share,
+    replication_table,
+)
+
+SEQ_LEN, VOCAB = 6, 11
+
+
+class CopyOracle(torch.nn.Module):
+    """Predicts, for each token, the token that followed its previous occurrence (uniform when none did)."""
+
+    cfg = SimpleNamespace(device="cpu")
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*tokens.shape, VOCAB)
+        for b, row in enumerate(tokens.tolist()):
+            for i, token in enumerate(row):
+                earlier = [j for j in range(i) if row[j] == token]
+                if earlier:
+                    logits[b, i, row[earlier[-1] + 1]] = 10.0
+        return logits
+
+
+def repeats_without_duplicates(batch: int) -> torch.Tensor:
+    """Repeated sequences whose halves hold no character twice, so copying is unambiguous."""
+    first = torch.stack([torch.randperm(VOCAB, generator=torch.Generator().manual_seed(i))[:SEQ_LEN] for i in range(batch)])
+    return torch.cat([first, first], dim=1)
+
+
+def test_a_copying_model_predicts_every_induction_target():
+    assert induction_accuracy(CopyOracle(), repeats_without_duplicates(8), SEQ_LEN) == 1.0
+
+
+def test_a_model_that_ignores_the_context_scores_about_chance():
+    tokens = repeated_random_tokens(VOCAB, SEQ_LEN, 200)
+    blind = CopyOracle()
+    blind.forward = lambda t: torch.zeros(*t.shape, VOCAB)  # always predicts token 0
+    assert induction_accuracy(blind, tokens, SEQ_LEN) == pytest.approx(1 / VOCAB, abs=0.03)
+
+
+def test_the_corruption_keeps_the_targets_and_changes_the_copy_source():
+    tokens = repeated_random_tokens(VOCAB, SEQ_LEN, 16)
+    corrupted = corrupted_first_half(tokens, SEQ_LEN)
+    assert torch.equal(corrupted[:, SEQ_LEN:], tokens[:, SEQ_LEN:])
+    assert not torch.equal(corrupted[:, :SEQ_LEN], tokens[:, :SEQ_LEN])
+
+
+def test_the_patching_metric_is_1_on_the_clean_run_and_0_on_the_corrupted_one():
+    model = build_model(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=VOCAB, n_ctx=2 * SEQ_LEN), "cpu")
+    tokens = repeated_random_tokens(VOCAB, SEQ_LEN, 8)
+    clean, corrupted = model(tokens), model(corrupted_first_half(tokens, SEQ_LEN))
+    metric = InductionLogProb(induction_targets(tokens, SEQ_LEN), SEQ_LEN).calibrate(clean, corrupted)
+    assert metric(clean).item() == pytest.approx(1.0)
+    assert metric(corrupted).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_in_a_one_layer_model_the_attention_layer_carries_everything():
+    """The only path from the first half to the second is layer 0's attention (the MLP and LayerNorms act
+    position by position): patching all of it restores the clean run exactly."""
+    model = build_model(ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=VOCAB,
+                                    n_ctx=2 * SEQ_LEN), "cpu")
+    table = layer_patching(model, repeated_random_tokens(VOCAB, SEQ_LEN, 8), SEQ_LEN)
+    assert list(table["component"]) == ["layer 0 attention", "L0H0", "L0H1"]
+    assert table.loc[0, "effect"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_first_token_score_tells_a_positional_head_from_a_previous_token_head():
+    pos = 8
+    parked = torch.zeros(1, 1, 1, pos, pos)
+    parked[..., 0] = 1.0
+    previous = torch.zeros(1, 1, 1, pos, pos)
+    previous[0, 0, 0, 0, 0] = 1.0
+    previous[0, 0, 0, torch.arange(1, pos), torch.arange(pos - 1)] = 1.0
+    assert first_token_score(parked).item() == pytest.approx(1.0)
+    assert first_token_score(previous).item() == pytest.approx(1 / (pos - 1))
+
+
+def test_icl_positions_scale_olssons_50th_and_500th_token_to_the_context():
+    assert icl_positions(512) == (51, 510)
+    assert icl_positions(64) == (6, 62)
+
+
+def test_emergence_is_the_first_snapshot_above_the_threshold():
+    series = pd.DataFrame({"step": [100, 200, 300], "max_induction_score": [0.1, 0.45, 0.7],
+                           "best_head": ["L0H1", "L2H3", "L2H3"], "best_layer": [0, 2, 2]})
+    assert emergence_point(series) == {"step": 200, "head": "L2H3", "layer": 2}
+    assert emergence_point(series, threshold=0.9)["step"] is None
+
+
+def test_the_replication_share_counts_findings_every_seed_agrees_on():
+    table = replication_table({"seed 0": {"heads": 2, "layer": "1, 2", "ok": True},
+                               "seed 1": {"heads": 2, "layer": "1", "ok": True},
+                               "seed 2": {"heads": 2, "layer": "1, 2", "ok": True}})
+    assert list(table["replicates"]) == [True, False, True]
+    assert replication_share(table) == pytest.approx(2 / 3)
