@@ -109,3 +109,13 @@ def test_the_replication_share_counts_findings_every_seed_agrees_on():
                                "seed 2": {"heads": 2, "layer": "1, 2", "ok": True}})
     assert list(table["replicates"]) == [True, False, True]
     assert replication_share(table) == pytest.approx(2 / 3)
+
+
+def test_sampling_continues_the_prompt_past_the_context_length():
+    from mechlab.shakespeare.findings import sample_text
+    from mechlab.shakespeare.studies import gpt_config
+    from mechlab.toylm.data import SHAKESPEARE_VOCAB
+    model = build_model(gpt_config(n_layers=1, n_heads=1, d_model=8, n_ctx=8), "cpu")
+    text = sample_text(model, SHAKESPEARE_VOCAB, "ROMEO:", 20, seed=3)
+    assert text.startswith("ROMEO:") and len(text) == 26
+    assert text == sample_text(model, SHAKESPEARE_VOCAB, "ROMEO:", 20, seed=3)  # the seed fixes the sample

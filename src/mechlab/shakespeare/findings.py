@@ -294,3 +294,17 @@ def replication_table(summaries: dict[str, dict[str, object]]) -> pd.DataFrame:
 def replication_share(table: pd.DataFrame) -> float:
     """Share of the findings (rows of `replication_table`) that replicate across every seed."""
     return float(table["replicates"].mean())
+
+
+@torch.no_grad()
+def sample_text(model, vocab: tuple[str, ...], prompt: str, n_chars: int, temperature: float = 1.0, seed: int = 0) -> str:
+    """`prompt` continued by `n_chars` characters sampled from `model` (softmax at `temperature`, generator
+    `seed`), reading at most the last n_ctx characters at each step."""
+    from mechlab.toylm.data import decode, encode
+    gen = torch.Generator().manual_seed(seed)
+    tokens = encode(prompt, vocab).tolist()
+    for _ in range(n_chars):
+        context = torch.tensor(tokens[-model.cfg.n_ctx:])[None].to(model.cfg.device)
+        probs = (model(context)[0, -1].float().cpu() / temperature).softmax(-1)
+        tokens.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return decode(tokens, vocab)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mechlab.core.io import write_json_atomic
 from mechlab.core.model import ModelConfig, load_checkpoint
 from mechlab.core.studies import QUICK_SERIES, Study, register_study
 from mechlab.core.train import TrainConfig
@@ -90,10 +91,11 @@ def full_val_loss(model: torch.nn.Module, val: torch.Tensor, n_ctx: int, batch_s
 
 
 def shakespeare_study(spec: ToyLMStudy) -> Study:
-    """`spec` for the registry: exported with the corpus record (`toylm.studies.export_corpus`), the full
-    validation loss and the emergence series (`export_emergence`)."""
+    """`spec` for the registry: exported with the corpus record (`toylm.studies.export_corpus`), the loss on
+    the whole validation split (final_eval.json, `final_val_loss`) and the emergence series (`export_emergence`)."""
     def after_export(run_dir: Path, out_dir: Path, quick: bool) -> None:
         export_corpus(out_dir)
+        write_json_atomic(Path(out_dir) / "final_eval.json", {"full_val_loss": final_val_loss(spec, out_dir)})
         from mechlab.shakespeare.findings import export_emergence
         export_emergence(spec, run_dir, out_dir, QUICK_SERIES if quick else EMERGENCE_POINTS)
 
