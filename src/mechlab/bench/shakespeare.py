@@ -12,7 +12,8 @@ those figures:
   the loop's own clock, evaluations and checkpoints included); its validation loss on the loop's
   evaluation windows and on the whole validation split (`full_val_loss`);
 * where the time goes: seconds per training step, per evaluation and per checkpoint (with snapshot),
-  from short runs of the one loop (`loop_costs`), and the run's time they account for;
+  from short runs of the one loop (`loop_costs`), in wall and in CPU seconds (the process's own CPU time,
+  which other processes on the machine hardly change), and the run's time they account for;
 * the machine, with the load average at the start and the end (other processes on a shared CPU slow
   every number down).
 """
@@ -43,24 +44,25 @@ from mechlab.shakespeare.studies import (
 from mechlab.toylm.data import load_shakespeare
 
 
-def _timed_run(name: str, steps: int, **changes) -> float:
-    """Seconds of a `steps`-step run of study `name`'s recipe with `changes`, in a temporary run folder."""
+def _timed_run(name: str, steps: int, **changes) -> tuple[float, float]:
+    """(wall, CPU) seconds of a `steps`-step run of study `name`'s recipe with `changes`, in a temporary run
+    folder. CPU seconds (this process, all threads) hardly depend on what else runs on the machine."""
     study = get_study(name)
     cfg = dataclasses.replace(study.train_config, max_steps=steps, warmup_steps=0, decay_steps=None, **changes)
     task = study.make_task(False)
     with tempfile.TemporaryDirectory() as run_dir:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         train(build(study.model_config, "cpu"), task, cfg, Path(run_dir), progress=False)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def loop_costs(name: str, steps: int = 20) -> dict[str, float]:
+def loop_costs(name: str, steps: int = 20, clock: int = 0) -> dict[str, float]:
     """Seconds per step, per evaluation and per checkpoint (last.pt with the optimizer state, plus a
     weights-only snapshot) of the one loop on study `name`: three short runs, evaluating and
-    checkpointing once, at every step, and checkpointing at every step."""
-    base = _timed_run(name, steps, eval_every=steps, checkpoint_every=steps, snapshot_every=steps)
-    evals = _timed_run(name, steps, eval_every=1, checkpoint_every=steps, snapshot_every=steps)
-    saves = _timed_run(name, steps, eval_every=steps, checkpoint_every=1, snapshot_every=1)
+    checkpointing once, at every step, and checkpointing at every step. `clock`: 0 wall, 1 CPU seconds."""
+    base = _timed_run(name, steps, eval_every=steps, checkpoint_every=steps, snapshot_every=steps)[clock]
+    evals = _timed_run(name, steps, eval_every=1, checkpoint_every=steps, snapshot_every=steps)[clock]
+    saves = _timed_run(name, steps, eval_every=steps, checkpoint_every=1, snapshot_every=1)[clock]
     per_eval, per_save = (evals - base) / (steps - 1), (saves - base) / (steps - 1)
     return {"steps": steps, "seconds_per_step": (base - per_eval - per_save) / steps, "seconds_per_eval": per_eval,
             "seconds_per_checkpoint": per_save}
@@ -82,20 +84,22 @@ def run_record(name: str, fresh: bool) -> dict:
     val = load_shakespeare().val
     if fresh:
         with tempfile.TemporaryDirectory() as run_dir:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = study.train(Path(run_dir), progress=False)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
             model = build(study.model_config, "cpu")
             model.load_state_dict(torch.load(Path(run_dir) / "last.pt", weights_only=True)["state_dict"])
         final, steps, source = result.history[-1], result.steps, "fresh run"
+        extra = {"cpu_seconds": cpu_seconds}
     else:
         record = json.loads((study.export_dir / "study.json").read_text())
         model = load_checkpoint(study.export_dir / "model.pt", expected=study.model_config, device="cpu")
         final, steps, seconds, source = record["final"], record["steps"], record["seconds"], str(study.export_dir)
+        extra = {}
     model.eval()
     return {"source": source, "steps": steps, "seconds": seconds, "val_loss": final["val_loss"],
             "train_loss_eval": final["train_loss_eval"],
-            "full_val_loss": full_val_loss(model, val, study.model_config.n_ctx)}
+            "full_val_loss": full_val_loss(model, val, study.model_config.n_ctx), **extra}
 
 
 def main() -> None:
@@ -109,10 +113,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info()
-    costs = loop_costs(args.study, args.steps)
+    costs, cpu_costs = loop_costs(args.study, args.steps), loop_costs(args.study, args.steps, clock=1)
     run = run_record(args.study, args.train)
-    result = {"machine": machine, "study": args.study, "run": run, "loop_costs": costs,
-              "accounted": accounted(costs, args.study),
+    result = {"machine": machine, "study": args.study, "run": run, "loop_costs": costs, "loop_cpu_costs": cpu_costs,
+              "accounted": accounted(costs, args.study), "accounted_cpu": accounted(cpu_costs, args.study),
               "nanogpt": {"val_loss": NANOGPT_CPU_VAL_LOSS, "train_loss": NANOGPT_CPU_TRAIN_LOSS,
                           "seconds": NANOGPT_CPU_SECONDS, "machine": "this project's 2-core machine"},
               "ratio_to_nanogpt": run["seconds"] / NANOGPT_CPU_SECONDS,
@@ -127,6 +131,9 @@ def main() -> None:
     print(f"per step {1000 * costs['seconds_per_step']:.0f} ms, per evaluation {costs['seconds_per_eval']:.2f} s, per "
           f"checkpoint {costs['seconds_per_checkpoint']:.2f} s: steps {a['steps']:.0f} s + {a['n_evals']} evaluations "
           f"{a['evaluations']:.0f} s + {a['n_checkpoints']} checkpoints {a['checkpoints']:.0f} s = {a['total']:.0f} s")
+    c = result["accounted_cpu"]
+    print(f"in CPU seconds (less sensitive to other load): steps {c['steps']:.0f} s + evaluations {c['evaluations']:.0f} s "
+          f"+ checkpoints {c['checkpoints']:.0f} s = {c['total']:.0f} s")
     print(f"wrote {args.out}")
 
 
