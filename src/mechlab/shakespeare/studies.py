@@ -15,8 +15,8 @@ nanoGPT's recipe, and where ours differs:
   `make_optimizer` decays every parameter.
 * nanoGPT's block: pre-LayerNorm without biases (bias=False), 4 x d_model GELU MLP, dropout 0 here, and
   the unembedding tied to the token embedding. TransformerLens' LayerNorm and linear maps carry biases and
-  W_U is a separate matrix, so our model has more parameters (818,241 against nanoGPT's 0.80 M; nanoGPT's
-  count leaves the position embedding out).
+  W_U is a separate matrix, so our model has more parameters (818,241 against nanoGPT's 795,904, which leaves the
+  position embedding out, or 804,096 with it).
 * nanoGPT evaluates on 20 random batches of 12 x 64 characters every 250 iterations; we evaluate on 128
   fixed, evenly spaced windows of 64 (`toylm.studies.N_EVAL_WINDOWS`) every 250 steps, and `full_val_loss`
   scores the final model on every character of the validation split.
@@ -39,6 +39,10 @@ from mechlab.toylm.task import next_token_loss, windows
 NANOGPT_CPU_VAL_LOSS = 1.8857  # nanoGPT's own train.py, CPU configuration, on this project's 2-core machine
 NANOGPT_CPU_TRAIN_LOSS = 1.7648
 NANOGPT_CPU_SECONDS = 129.0  # its wall time there, evaluations included
+# nanoGPT's printed count ("0.80M", get_num_params: position embedding left out) for this shape, from its model.py:
+# tied token embedding 65 x 128 + 4 blocks x (2 LayerNorm gains 128 + c_attn 128 x 384 + c_proj 128 x 128 + MLP
+# 2 x 128 x 512, no biases) + final LayerNorm gain 128 = 795,904.
+NANOGPT_CPU_PARAMETERS = 795_904
 SEEDS = (0, 1, 2)
 SNAPSHOT_EVERY = 100  # weights-only snapshots for the emergence of induction heads
 EMERGENCE_POINTS = 21  # snapshots (evenly spaced) scored by `export_emergence`
