@@ -318,3 +318,43 @@ def sample_text(model, vocab: tuple[str, ...], prompt: str, n_chars: int, temper
         probs = (model(context)[0, -1].float().cpu() / temperature).softmax(-1)
         tokens.append(int(torch.multinomial(probs, 1, generator=gen)))
     return decode(tokens, vocab)
+
+
+def template_table(found: SeedFindings, replication: pd.DataFrame, parameters: int, steps: int) -> pd.DataFrame:
+    """The seed document's findings template, each "TBD" answered from the measurements of one model
+    (`found`, trained for `steps` steps, `parameters` parameters) and the seeds' `replication_table`."""
+    from collections import Counter
+
+    from mechlab.analysis.induction import head_kinds
+    layers = found.patching[found.patching["head"] == -1].sort_values("effect", ascending=False)
+    best = divmod(int(found.induction_scores.argmax()), found.induction_scores.shape[1])
+    heads = ", ".join(f"L{l}H{h} ({found.induction_scores[l, h]:.2f})" for l, h in found.induction_heads)
+    kinds = Counter(sum(head_kinds(found.taxonomy), []))
+    name = ablated_name(found.induction_heads)
+    ablation = found.ablations
+    rows = [
+        ("Models analyzed", "Total parameters", f"{parameters:,}"),
+        ("Models analyzed", "Final loss", f"{found.val_loss:.4f} (validation, every character of the split)"),
+        ("Induction capability", "Accuracy on [A][B]...[A] -> [B]",
+         f"{found.induction_acc:.1%} against chance 1/65 = {1 / 65:.1%} ({65 * found.induction_acc:.1f} x chance)"),
+        ("Layer localization", "Key layers (patching one layer's attention)",
+         "; ".join(f"{r.component}: {r.effect:.2f}" for r in layers.head(2).itertuples())),
+        ("Attention head analysis", "Induction heads (score > 0.4)",
+         heads or f"none (best: L{best[0]}H{best[1]} at {found.induction_scores[best]:.3f})"),
+        ("Attention head analysis", f"Ablating the {name}: ICL score",
+         f"{ablation.loc['none', 'icl_score']:+.3f} -> {ablation.loc[name, 'icl_score']:+.3f} nats "
+         f"(control: {ablation.loc['control heads', 'icl_score']:+.3f})"),
+        ("Prediction formation", "Logit-lens convergence point (> 50%) on the repeat", found.lens_point),
+        ("Prediction formation", "Logit-lens convergence point (> 50%) on Shakespeare", found.text_lens_point),
+        ("Comparison to literature", "Emergence iteration",
+         found.emergence["step"] if found.emergence["step"] is not None else f"none in {steps:,} steps"),
+        ("Comparison to literature", "Layer location",
+         found.emergence["layer"] if found.emergence["layer"] is not None else "n/a (no induction head)"),
+        ("Comparison to literature", "Number of heads", len(found.induction_heads)),
+        ("Attention head specialization", "Head taxonomy (head-detector kinds)",
+         ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items()))),
+        ("Reproducibility", "Findings that replicate across seeds",
+         f"{int(replication['replicates'].sum())} of {len(replication)} ({replication_share(replication):.0%})"),
+        ("Implications for AI safety", "-", "not a measurement: left to the discussion"),
+    ]
+    return pd.DataFrame(rows, columns=["section", "entry", "measured"]).set_index(["section", "entry"])
