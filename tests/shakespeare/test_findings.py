@@ -119,3 +119,38 @@ def test_sampling_continues_the_prompt_past_the_context_length():
     text = sample_text(model, SHAKESPEARE_VOCAB, "ROMEO:", 20, seed=3)
     assert text.startswith("ROMEO:") and len(text) == 26
     assert text == sample_text(model, SHAKESPEARE_VOCAB, "ROMEO:", 20, seed=3)  # the seed fixes the sample
+
+
+def hand_built_findings(ablated_icl: float):
+    """Findings of a 2-layer, 2-head model with one induction head, L1H0, whose ablation moves the
+    in-context-learning score from -0.4 to `ablated_icl` (a control set leaves it at -0.39)."""
+    from mechlab.shakespeare.findings import SeedFindings
+    scores = torch.tensor([[0.02, 0.05], [0.8, 0.1]])
+    patching = pd.DataFrame({"component": ["layer 0 attention", "layer 1 attention"], "layer": [0, 1], "head": [-1, -1],
+                             "effect": [0.2, 0.9]})
+    ablations = pd.DataFrame({"icl_score": [-0.4, ablated_icl, -0.39], "induction_acc": [0.9, 0.1, 0.88]},
+                             index=["none", "induction heads", "control heads"])
+    taxonomy = {"previous_token": torch.tensor([[0.9, 0.1], [0.0, 0.1]]), "induction": scores}
+    return SeedFindings(scores, [(1, 0)], 0.9, patching, ablations, taxonomy, pd.Series([0.1, 0.7], index=["0_pre", "final_post"]),
+                        "final_post", "never", {"step": 300, "head": "L1H0", "layer": 1}, 1.8)
+
+
+def test_the_summary_reads_the_findings_as_comparable_values():
+    summary = hand_built_findings(ablated_icl=-0.1).summary()
+    assert summary["induction heads (score > 0.4)"] == 1 and summary["layers of the induction heads"] == "1"
+    assert summary["patching: attention layer restoring most"] == 1
+    assert summary["ablating induction heads removes >= half the ICL score"] is True
+    assert summary["ablating induction heads hurts induction accuracy more than a control set"] is True
+    assert summary["previous-token heads (layers)"] == "0"
+    assert hand_built_findings(ablated_icl=-0.3).summary()["ablating induction heads removes >= half the ICL score"] is False
+
+
+def test_the_template_table_answers_the_seed_documents_entries():
+    from mechlab.shakespeare.findings import template_table
+    found = hand_built_findings(ablated_icl=-0.1)
+    table = template_table(found, replication_table({"a": found.summary(), "b": found.summary()}), 1234, 2000)
+    measured = table["measured"]
+    assert measured[("Attention head analysis", "Induction heads (score > 0.4)")] == "L1H0 (0.80)"
+    assert measured[("Attention head analysis", "Ablating the induction heads: ICL score")].startswith("-0.400 -> -0.100")
+    assert measured[("Comparison to literature", "Emergence iteration")] == 300
+    assert measured[("Reproducibility", "Findings that replicate across seeds")] == "11 of 11 (100%)"
