@@ -150,3 +150,13 @@ def test_dla_table_keeps_valid_positions_only():
     table = dla.table([{"bucket": "x"}, {"bucket": "y"}])
     assert len(table) == 3 * c and (table["value"] == 1.0).all()
     assert mean_by_bucket(dla, [{"bucket": "x"}, {"bucket": "y"}], "correct")["value"].tolist() == pytest.approx([2.0] * 9)
+
+
+def test_the_logit_lens_is_confident_from_the_first_point_whose_mean_target_probability_exceeds_a_half():
+    from mechlab.analysis.attribution import LogitLensResult, confidence_by_point, first_confident_point
+    probs = torch.tensor([[0.1, 0.4, 0.7], [0.1, 0.5, 0.9]])[:, :, None]  # [n, points, k]
+    lens = LogitLensResult(["0_pre", "0_mid", "final_post"], probs > 0.5, probs.log(),
+                           torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.bool))
+    assert confidence_by_point(lens).tolist() == pytest.approx([0.1, 0.45, 0.8])
+    assert first_confident_point(lens) == "final_post"
+    assert first_confident_point(lens, threshold=0.9) == "never"

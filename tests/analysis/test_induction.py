@@ -1,15 +1,31 @@
+import dataclasses
+
 import pytest
 import torch
 
+from mechlab.analysis.attention import attention_patterns
 from mechlab.analysis.induction import (
+    attention_disagreement,
+    composition_scores,
+    copying_score,
     detector_scores,
     half_losses,
     head_kinds,
     heads_above,
     heads_of_kind,
+    in_context_learning_score,
     induction_score,
+    jump_step,
+    loss_by_position,
+    norm_based_attention,
+    phase_change_steps,
+    prefix_matching_score,
     repeated_random_tokens,
+    row_normalised,
+    series_measures,
+    skip_trigrams,
 )
+from mechlab.core.model import ModelConfig, build_model
 
 SEQ_LEN = 6
 POS = 2 * SEQ_LEN
@@ -76,3 +92,143 @@ def test_heads_are_picked_by_score_and_by_kind():
     assert heads_above(scores) == [(0, 1), (1, 0)]
     assert heads_above(scores, threshold=0.95) == []
     assert heads_of_kind([["previous_token", "other"], ["induction", "previous_token"]], "previous_token") == [(0, 0), (1, 1)]
+
+
+def test_loss_by_position_averages_each_position_over_the_batch(tiny_model):
+    tokens = repeated_random_tokens(tiny_model.cfg.d_vocab, SEQ_LEN, batch=3)
+    per_token = tiny_model(tokens, return_type="loss", loss_per_token=True)
+    by_position = loss_by_position(tiny_model, tokens)
+    assert by_position.shape == (POS - 1,)
+    assert by_position[4].item() == pytest.approx(per_token[:, 4].mean().item())
+
+
+def test_in_context_learning_score_is_late_loss_minus_early_loss():
+    losses = torch.tensor([4.0, 3.5, 3.0, 2.0, 1.0])
+    assert in_context_learning_score(losses, early=1, late=4) == pytest.approx(1.0 - 3.5)
+    batch = torch.stack([losses, losses + 2.0])  # (batch, pos - 1): averaged over the batch first
+    assert in_context_learning_score(batch, early=0, late=3) == pytest.approx(2.0 - 4.0)
+    with pytest.raises(ValueError, match="early < late"):
+        in_context_learning_score(losses, early=3, late=1)
+    with pytest.raises(ValueError, match="early < late"):
+        in_context_learning_score(losses, early=0, late=5)
+
+
+def distinct_repeated_tokens(batch: int = 3) -> torch.Tensor:
+    """(batch, POS) a sequence of SEQ_LEN distinct tokens, then the same again: each token's only earlier copy is
+    the one seq_len back."""
+    first = torch.stack([torch.randperm(65, generator=torch.Generator().manual_seed(row))[:SEQ_LEN] for row in range(batch)])
+    return torch.cat([first, first], dim=1)
+
+
+def test_prefix_matching_scores_one_for_an_induction_head_and_zero_for_a_previous_token_head():
+    scores = prefix_matching_score(as_model_patterns(induction_pattern(), previous_token_pattern(), uniform_pattern()),
+                                   distinct_repeated_tokens())
+    assert scores[0, 0].item() == pytest.approx(1.0)
+    assert scores[0, 1].item() == pytest.approx(0.0)
+    assert 0 < scores[0, 2].item() < 0.15  # one matching key among q + 1
+
+
+def attn_only(n_layers: int, d_vocab: int = 4, d_model: int = 8, d_head: int = 4, n_heads: int = 2):
+    """A tiny attention-only model without LayerNorm whose weights the tests set by hand; W_E embeds token t
+    as the unit vector e_t and W_U reads the same dimensions back."""
+    model = build_model(ModelConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=d_head, d_mlp=None,
+                                    d_vocab=d_vocab, n_ctx=16, normalization_type=None), device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W_E[:, :d_vocab] = torch.eye(d_vocab)
+        model.W_U[:d_vocab] = torch.eye(d_vocab)
+    return model
+
+
+def selector(rows: range, d_model: int = 8) -> torch.Tensor:
+    """(d_model, len(rows)) reads (or, transposed, writes) the residual dimensions `rows`."""
+    out = torch.zeros(d_model, len(rows))
+    out[list(rows), torch.arange(len(rows))] = 1.0
+    return out
+
+
+def test_copying_score_is_one_for_a_copying_head_and_minus_one_for_an_anti_copying_head():
+    model = attn_only(1)
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[:] = selector(range(4))
+        model.blocks[0].attn.W_O[0] = 2.0 * selector(range(4)).T  # raises the logit of the token attended to
+        model.blocks[0].attn.W_O[1] = -selector(range(4)).T  # lowers it
+    assert copying_score(model)[0].tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_k_composition_is_high_where_a_layer_1_key_reads_what_a_layer_0_head_writes():
+    model = attn_only(2)
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[0], model.blocks[0].attn.W_O[0] = selector(range(4)), selector(range(4, 8)).T  # writes dims 4-7
+        model.blocks[0].attn.W_V[1], model.blocks[0].attn.W_O[1] = selector(range(4)), selector(range(4)).T  # writes dims 0-3
+        model.blocks[1].attn.W_Q[:] = selector(range(4, 8))
+        model.blocks[1].attn.W_K[0] = selector(range(4, 8))  # keys read dims 4-7
+        model.blocks[1].attn.W_K[1] = selector(range(4))  # keys read dims 0-3
+    k = composition_scores(model, "k")  # (layer-0 head, layer-1 head)
+    assert k.shape == (2, 2)
+    assert k[0, 0].item() == pytest.approx(0.5)  # ||OV QK^T|| = 2 over ||OV|| ||QK|| = 2 * 2
+    assert k[0, 1].item() == pytest.approx(0.0)
+    assert k[1, 0].item() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="kind must be"):
+        composition_scores(model, "x")
+
+
+def test_skip_trigrams_are_read_from_the_ov_and_qk_circuits():
+    model = attn_only(1, n_heads=1)
+    shift = torch.roll(torch.eye(4), 1, dims=1)  # shift[a, a + 1] = 1
+    with torch.no_grad():
+        model.blocks[0].attn.W_V[0], model.blocks[0].attn.W_O[0] = selector(range(4)), shift @ selector(range(4)).T  # source a raises output a + 1
+        model.blocks[0].attn.W_Q[0] = selector(range(4))
+        model.blocks[0].attn.W_K[0] = selector(range(4)) @ shift.T @ shift.T  # query b scores key b + 2 highest
+    table = skip_trigrams(model, 0, 0, tuple("abcd"), k=4)
+    assert set(map(tuple, table[["source", "query", "output"]].values)) == {
+        ("a", "c", "b"), ("b", "d", "c"), ("c", "a", "d"), ("d", "b", "a")}
+    assert table["ov"].tolist() == pytest.approx([0.75] * 4)
+
+
+def test_norm_based_attention_weights_each_key_by_the_size_of_its_transformed_value():
+    model = attn_only(1, n_heads=2)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        for w in (model.blocks[0].attn.W_Q, model.blocks[0].attn.W_K, model.blocks[0].attn.W_V):
+            w.normal_()
+        model.blocks[0].attn.W_V[:, :2] = 0.0  # tokens 0 and 1 have no value: what they are attended for adds nothing
+        model.blocks[0].attn.W_O[0] = selector(range(4)).T
+        model.blocks[0].attn.W_O[1] = 3.0 * selector(range(4)).T
+    tokens = torch.tensor([[0, 2, 1, 3, 0, 2]])
+    raw = attention_patterns(model, tokens)
+    norm = norm_based_attention(model, tokens)
+    assert norm.shape == raw.shape
+    assert torch.all(norm[..., [0, 2, 4]] == 0) and torch.all(raw[0, 0, :, 4, [0, 2, 4]] > 0)
+    attn = model.blocks[0].attn
+    for head in range(2):  # by hand: alpha_ij ||x_j W_V W_O|| (no biases, no positions in this model)
+        f_norm = (model.W_E[tokens[0]] @ attn.W_V[head] @ attn.W_O[head]).norm(dim=-1)  # (key,)
+        assert torch.allclose(norm[0, 0, head], raw[0, 0, head] * f_norm, atol=1e-6)
+    assert attention_disagreement(raw, norm).min().item() > 0.1
+    assert attention_disagreement(raw, raw).max().item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(row_normalised(norm).sum(-1)[..., 1:], torch.ones(1, 1, 2, 5))  # rows with a value
+
+
+def test_a_measure_jumps_at_the_first_checkpoint_halfway_to_its_extreme():
+    rows = [{"step": s, "rise": r, "fall": f} for s, r, f in [(0, 0.0, 1.0), (100, 0.1, 0.9), (200, 0.6, 0.2), (300, 0.8, 0.1)]]
+    assert jump_step(rows, "rise") == 200  # past 0.4
+    assert jump_step(rows, "fall", decreasing=True) == 200  # below 0.55
+    assert jump_step(rows, "fall", decreasing=True, fraction=0.05) == 100
+    assert jump_step([{"step": 0, "flat": 1.0}, {"step": 1, "flat": 1.0}], "flat") is None
+
+
+def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=2, n_heads=2, d_model=8, d_head=4, d_mlp=None, d_vocab=10, n_ctx=16, normalization_type=None)
+    series = [(0, build_model(cfg, device="cpu")), (50, build_model(dataclasses.replace(cfg, seed=1), device="cpu"))]
+    repeated = repeated_random_tokens(10, SEQ_LEN, batch=2)
+    text = torch.randint(0, 10, (2, 16))
+    measures = series_measures(series, repeated, SEQ_LEN, text, early=2, late=13)
+    assert measures.columns.tolist() == ["step", "induction_score", "k_composition", "icl_score"]
+    last = series[1][1]
+    assert measures.iloc[1]["k_composition"] == pytest.approx(composition_scores(last, "k").max().item())
+    assert measures.iloc[1]["icl_score"] == pytest.approx(in_context_learning_score(loss_by_position(last, text), 2, 13))
+    steps = phase_change_steps(measures)
+    assert set(steps) == {"induction_score", "k_composition", "icl_score"}
+    assert all(step in (None, 50) for step in steps.values())  # two checkpoints: a change can only come at the second

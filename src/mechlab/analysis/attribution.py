@@ -261,3 +261,16 @@ def median_first_point(first_point: Sequence[int], labels: Sequence[str], min_sh
     if len(reached) == 0 or len(reached) < min_share * len(first_point):
         return never
     return labels[int(reached.median())]
+
+
+def confidence_by_point(lens: LogitLensResult) -> pd.Series:
+    """Mean probability of the target at each logit-lens point (over rows and positions), by label."""
+    return pd.Series(lens.correct_logprob.exp().mean(dim=(0, 2)).tolist(), index=lens.labels)
+
+
+def first_confident_point(lens: LogitLensResult, threshold: float = 0.5, never: str = "never") -> str:
+    """Label of the first logit-lens point where the mean probability of the target exceeds `threshold`
+    (the seed document's convergence point at 0.5), or `never`."""
+    confidence = confidence_by_point(lens)
+    above = confidence[confidence > threshold]
+    return str(above.index[0]) if len(above) else never
