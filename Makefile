@@ -8,7 +8,8 @@
 #   make train          train the main model (resumes runs/main/), export it to checkpoints/main/, evaluate it
 #   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
 #                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
-#                       toylm_attn_only_2l_ctx256): reproduces its committed checkpoint folder
+#                       toylm_attn_only_2l_ctx256, shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU):
+#                       reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
@@ -48,7 +49,8 @@ SRC := $(shell find src -name "*.py" | sort)
 CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 
 STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01 \
-           toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256
+           toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256 \
+           shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
@@ -80,6 +82,10 @@ train: train-main
 # runs/NAME/ (resumed if interrupted) -> checkpoints/NAME/ (three_layer_wd01: checkpoints/three_layer/wd01/)
 # The committed grokking_transformer run was stopped by hand at epoch 425 (its study note).
 TRAIN_FLAGS_grokking_transformer := --stop-after-steps 425
+# The committed Shakespeare GPTs were trained on one thread; the same flag trains them again.
+TRAIN_FLAGS_shakespeare_char_seed0 := --threads 1
+TRAIN_FLAGS_shakespeare_char_seed1 := --threads 1
+TRAIN_FLAGS_shakespeare_char_seed2 := --threads 1
 train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
