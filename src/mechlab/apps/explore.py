@@ -8,7 +8,7 @@ Gradio's own, locally served assets. What the page shows, per prompt (`Explorer.
 * the greedily generated answer (`arithmetic.task.greedy_answers`), each answer token's probability
   and the top alternatives at its position;
 * attention: all heads at once (one heatmap, heads in a grid) or one head, over this prompt's tokens
-  (padding dropped);
+  (left padding included: heads do attend to it);
 * the logit lens (`analysis.attribution.logit_lens`): the top prediction at each answer position
   after each sublayer, coloured by the probability of the final answer token there;
 * live intervention: zero-, mean- or resample-ablation of any set of heads and MLPs
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -199,7 +200,6 @@ class Run:
     answer: str                 # generated answer text (up to <eos>)
     steps: list[dict]           # per answer token: position, token, prob, alternatives [(token, prob)]
     patterns: torch.Tensor      # [n_layers, n_heads, pos, pos] attention on `tokens`
-    shown: list[int]            # positions the heatmaps show (padding dropped)
     lens_top: list[list[str]]   # [point][answer position] top prediction after each sublayer
     lens_prob: np.ndarray       # [point, answer position] probability of the final answer token there
     lens_points: list[str]      # readable lens points ("embeddings", "layer 0 attention", ...)
@@ -247,10 +247,8 @@ def run_prompt(em: ExplorerModel, tokens: torch.Tensor, hooks: list | tuple = ()
         lens = logit_lens(model, seq, positions, torch.tensor([chosen]),
                           candidate_ids=None if em.fmt == CHARS_FORMAT else candidates)
     names = em.token_strings()
-    pad = TOKENIZER.pad_id if em.fmt == CHARS_FORMAT else None
     return Run(problem=problem_text(em, tokens), tokens=seq, answer=answer,
                steps=_answer_steps(em, logits[0, positions], chosen, candidates), patterns=patterns,
-               shown=[i for i, t in enumerate(seq[0].tolist()) if t != pad],
                lens_top=[[names[t] for t in row] for row in lens.top[0].tolist()],
                lens_prob=lens.correct_logprob[0].exp().numpy(), lens_points=point_names(lens.labels),
                answer_positions=positions, decoded=decoded)
@@ -382,14 +380,15 @@ def describe_component(table: pd.DataFrame, name: str) -> str:
 
 def token_labels(em: ExplorerModel, run: Run) -> list[str]:
     names = em.token_strings()
-    return [f"{i}:{names[t]!s}".replace(" ", "␣") for i, t in enumerate(run.tokens[0].tolist())]
+    shown = {" ": "␣", "<pad>": "_"}
+    return [f"{i}:{shown.get(names[t], names[t])}" for i, t in enumerate(run.tokens[0].tolist())]
 
 
 def attention_figure(em: ExplorerModel, run: Run, head: str = "all") -> go.Figure:
     """One head's attention over the prompt's tokens, or every head at once ("all"): one heatmap
     with the heads in a grid (a row per layer), separated by gaps."""
-    labels = [token_labels(em, run)[i] for i in run.shown]
-    pat = run.patterns[:, :, run.shown][:, :, :, run.shown].numpy()  # [L, H, n, n]
+    labels = token_labels(em, run)
+    pat = run.patterns.numpy()  # [L, H, pos, pos]
     if head != "all":
         comp = em.component(head)
         if comp.kind != "head":
@@ -420,19 +419,25 @@ def lens_figure(em: ExplorerModel, run: Run) -> go.Figure:
     return fig.update_layout(height=60 + 40 * len(run.lens_points))
 
 
+def _steps_table(run: Run, title: str) -> list[str]:
+    """Markdown rows: each answer token of `run`, its probability and the top alternatives."""
+    def esc(token: str) -> str:
+        return token.replace("<", "&lt;").replace(">", "&gt;")
+    lines = ["", f"| {title} | probability | top alternatives |", "|---|---|---|"]
+    for step in run.steps:
+        alts = ", ".join(f"{esc(t)} {p:.3f}" for t, p in step["alternatives"])
+        lines.append(f"| {esc(step['token'])} | {step['prob']:.3f} | {alts} |")
+    return lines
+
+
 def answer_markdown(clean: Run, intervened: Run | None = None, what: str = "") -> str:
-    """The answer line(s) and a table of each answer token's probability and top alternatives."""
-    shown = intervened or clean
-    lines = [f"## {clean.problem} **{clean.answer}**"]
-    if intervened is not None:
-        changed = "changed" if intervened.answer != clean.answer else "unchanged"
-        lines = [f"## {clean.problem} **{clean.answer}** → with {what}: **{intervened.answer}** ({changed})"]
-    lines += ["", "| answer token | probability | top alternatives |", "|---|---|---|"]
-    for step in shown.steps:
-        token = "&lt;eos&gt;" if step["token"] == "<eos>" else step["token"]
-        alts = ", ".join(f"{t.replace('<', '&lt;').replace('>', '&gt;')} {p:.3f}" for t, p in step["alternatives"])
-        lines.append(f"| {token} | {step['prob']:.3f} | {alts} |")
-    return "\n".join(lines)
+    """The answer line and a table of each answer token's probability and top alternatives; with an
+    intervention, both answers and both tables (intervened first)."""
+    if intervened is None:
+        return "\n".join([f"## {clean.problem} **{clean.answer}**", *_steps_table(clean, "answer token")])
+    changed = "changed" if intervened.answer != clean.answer else "unchanged"
+    return "\n".join([f"## {clean.problem} **{clean.answer}** → with {what}: **{intervened.answer}** ({changed})",
+                      *_steps_table(intervened, "with the intervention"), *_steps_table(clean, "clean model")])
 
 
 def error_markdown(message: str) -> str:
@@ -451,6 +456,7 @@ class Explorer:
             raise ValueError("no checkpoints to explore")
         self.checkpoints, self.data_dir, self.sizes = dict(checkpoints), Path(data_dir), sizes
         self.models: dict[str, ExplorerModel] = {}
+        self._lock = threading.Lock()  # one role table measured at a time (the page may ask while warm() runs)
 
     @property
     def default(self) -> str:
@@ -482,7 +488,10 @@ class Explorer:
             return clean, None, ""
         second = None
         if method == PATCH:
-            second = run_prompt(em, prompt_tokens(em, second_prompt, second_a, second_b))
+            try:
+                second = run_prompt(em, prompt_tokens(em, second_prompt, second_a, second_b))
+            except InputError as err:
+                raise InputError(f"Second prompt (patch from): {err}") from None
         hooks = intervention_hooks(em, components, method, second, self.data_dir, self.sizes.n_reference)
         what = (f"{', '.join(components)} patched from {second.problem} {second.answer}" if second
                 else f"{', '.join(components)} {method}-ablated")
@@ -507,9 +516,24 @@ class Explorer:
         try:
             em = self.model(name)
             em.component(component)
-            return describe_component(component_table(em, self.data_dir, self.sizes), component)
+            with self._lock:
+                table = component_table(em, self.data_dir, self.sizes)
+            return describe_component(table, component)
         except InputError as err:
             return error_markdown(str(err))
+
+    def warm(self, name: str | None = None) -> threading.Thread:
+        """Measure model `name`'s role table (default: the first model) in a background thread, so the
+        first click on the role panel does not wait for it."""
+        em = self.model(name or self.default)
+
+        def measure():
+            with self._lock:
+                component_table(em, self.data_dir, self.sizes)
+
+        thread = threading.Thread(target=measure, daemon=True, name="explorer-roles")
+        thread.start()
+        return thread
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -584,4 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     checkpoints = {args.checkpoint.parent.name: args.checkpoint} if args.checkpoint else find_checkpoints()
     torch.set_grad_enabled(False)
-    launch(Explorer(checkpoints, args.data_dir), args.port)
+    explorer = Explorer(checkpoints, args.data_dir)
+    explorer.warm()
+    print(f"explorer on http://{HOST}:{args.port} (measuring {explorer.default}'s role table in the background)")
+    launch(explorer, args.port)
