@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 
 from mechlab.analysis.ablation import (METHODS, Component, ablation_hooks, ablation_sweep, heads, impact_class, mlps,
@@ -53,7 +54,7 @@ from mechlab.arithmetic.tokenizer import (ANSWER_START, DIGIT_IDS, EQUALS_POS, M
                                           PROMPT_WIDTH, VOCAB, TokenizerError)
 from mechlab.core.io import load_torch_dict
 from mechlab.core.model import load_checkpoint
-from mechlab.core.plotting import REPO_ROOT, heatmap
+from mechlab.core.plotting import REPO_ROOT, SEQUENTIAL_SCALE, TEMPLATE
 from mechlab.modular import task as modular_task
 
 CHECKPOINTS_DIR = REPO_ROOT / "checkpoints"
@@ -65,6 +66,11 @@ INTERVENTIONS = ("none", *METHODS, PATCH)
 N_ALTERNATIVES = 3  # top alternatives shown per answer token
 CHARS_FORMAT = "chars"  # the main study's character tokenizer; modular formats: modular_task.FORMATS
 EXAMPLE_PROMPT = "999 + 1 mod 113 ="
+# The house template (core/plotting), merged once: plotly validates an explicitly given template, or
+# re-merges a "plotly_white+mechlab" default, on every figure (~40 ms each), but takes a registered
+# default as is (~4 ms): the app makes this its default (`Explorer`).
+APP_TEMPLATE = "mechlab_app"
+TORCH_THREADS = 1  # one prompt through a small model: a second thread does not help, and on a shared CPU it stalls
 
 
 class InputError(ValueError):
@@ -384,6 +390,17 @@ def token_labels(em: ExplorerModel, run: Run) -> list[str]:
     return [f"{i}:{shown.get(names[t], names[t])}" for i, t in enumerate(run.tokens[0].tolist())]
 
 
+def sequential_heatmap(z: np.ndarray, x: list[str] | None = None, y: list[str] | None = None, title: str = "",
+                       colorbar: str = "", text: list[list[str]] | None = None) -> go.Figure:
+    """A [rows, cols] heatmap of values in [0, 1] on the house sequential scale, row 0 on top (as
+    `core.plotting.heatmap` draws it; built from `go.Heatmap` rather than `px.imshow`, which alone
+    takes most of the app's time budget)."""
+    trace = go.Heatmap(z=z, x=x, y=y, colorscale=SEQUENTIAL_SCALE, zmin=0, zmax=1, colorbar=dict(title=colorbar))
+    if text is not None:
+        trace.update(text=text, texttemplate="%{text}", textfont=dict(size=14))
+    return go.Figure(trace, layout=dict(title=title, yaxis=dict(autorange="reversed")))
+
+
 def attention_figure(em: ExplorerModel, run: Run, head: str = "all") -> go.Figure:
     """One head's attention over the prompt's tokens, or every head at once ("all"): one heatmap
     with the heads in a grid (a row per layer), separated by gaps."""
@@ -393,16 +410,17 @@ def attention_figure(em: ExplorerModel, run: Run, head: str = "all") -> go.Figur
         comp = em.component(head)
         if comp.kind != "head":
             raise InputError(f"{head} is not a head")
-        return heatmap(pat[comp.layer, comp.head], x=labels, y=labels, diverging=False, zmin=0, zmax=1, show=False,
-                       title=f"{head} attention on {run.problem} {run.answer}", labels=dict(x="source", y="destination"))
+        fig = sequential_heatmap(pat[comp.layer, comp.head], x=labels, y=labels, colorbar="attention",
+                                 title=f"{head} attention on {run.problem} {run.answer} (rows: destination, columns: source)")
+        return fig.update_layout(height=650)
     n_layers, n_heads, n, _ = pat.shape
     gap = 1
     grid = np.full((n_layers * (n + gap) - gap, n_heads * (n + gap) - gap), np.nan)
     for l in range(n_layers):
         for h in range(n_heads):
             grid[l * (n + gap):l * (n + gap) + n, h * (n + gap):h * (n + gap) + n] = pat[l, h]
-    fig = heatmap(grid, diverging=False, zmin=0, zmax=1, show=False,
-                  title=f"Attention of every head on {run.problem} {run.answer} (rows: layers; columns: heads)")
+    fig = sequential_heatmap(grid, colorbar="attention",
+                             title=f"Attention of every head on {run.problem} {run.answer} (rows: layers; columns: heads)")
     fig.update_xaxes(tickvals=[h * (n + gap) + n / 2 for h in range(n_heads)], ticktext=[f"H{h}" for h in range(n_heads)])
     fig.update_yaxes(tickvals=[l * (n + gap) + n / 2 for l in range(n_layers)], ticktext=[f"L{l}" for l in range(n_layers)])
     return fig.update_layout(height=140 * n_layers + 120)
@@ -412,10 +430,8 @@ def lens_figure(em: ExplorerModel, run: Run) -> go.Figure:
     """The logit lens: rows = residual-stream points, columns = answer positions; each cell shows the
     top prediction there, coloured by the probability of the final answer token."""
     cols = [f"{k + 1}: {step['token']}" for k, step in enumerate(run.steps)]  # numbered: tokens repeat
-    fig = heatmap(run.lens_prob, x=cols, y=run.lens_points, diverging=False, zmin=0, zmax=1, show=False,
-                  title="Logit lens: top prediction after each sublayer (colour: probability of the final answer)",
-                  labels=dict(color="p(final)"), text_auto=False)
-    fig.update_traces(text=run.lens_top, texttemplate="%{text}", textfont=dict(size=14))
+    fig = sequential_heatmap(run.lens_prob, x=cols, y=run.lens_points, colorbar="p(final)", text=run.lens_top,
+                             title="Logit lens: top prediction after each sublayer (colour: probability of the final answer)")
     return fig.update_layout(height=60 + 40 * len(run.lens_points))
 
 
@@ -456,6 +472,8 @@ class Explorer:
             raise ValueError("no checkpoints to explore")
         self.checkpoints, self.data_dir, self.sizes = dict(checkpoints), Path(data_dir), sizes
         self.models: dict[str, ExplorerModel] = {}
+        pio.templates[APP_TEMPLATE] = pio.templates[TEMPLATE]
+        pio.templates.default = APP_TEMPLATE  # the house look, at the cost of a default (see APP_TEMPLATE)
         self._lock = threading.Lock()  # one role table measured at a time (the page may ask while warm() runs)
 
     @property
@@ -608,6 +626,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     checkpoints = {args.checkpoint.parent.name: args.checkpoint} if args.checkpoint else find_checkpoints()
     torch.set_grad_enabled(False)
+    torch.set_num_threads(TORCH_THREADS)
     explorer = Explorer(checkpoints, args.data_dir)
     explorer.warm()
     print(f"explorer on http://{HOST}:{args.port} (measuring {explorer.default}'s role table in the background)")
