@@ -12,12 +12,10 @@ import pytest
 import torch
 
 from mechlab.analysis.ablation import CRITICAL_DROP, ablation_hooks
-from mechlab.apps.explore import (PATCH, Explorer, TableSizes, attention_figure, component_table, find_checkpoints,
-                                  launch, lens_figure)
+from mechlab.apps.explore import PATCH, attention_figure, component_table, find_checkpoints, launch, lens_figure
 from mechlab.arithmetic.tokenizer import ANSWER_START
 
 PROMPT = "999 + 1 mod 113 ="  # 1000 mod 113 = 96
-SMALL = TableSizes(n_eval=100, n_reference=64, n_pairs=4, n_dla=32, n_roles=32)
 
 
 def needs(what: str, reason: str):
@@ -27,12 +25,6 @@ def needs(what: str, reason: str):
     if os.environ.get("CI"):
         pytest.fail(message + " (CI is set, so this is not skipped)")
     pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def explorer(repo_root, generated_data) -> Explorer:
-    torch.set_num_threads(1)
-    return Explorer(find_checkpoints(repo_root / "checkpoints"), data_dir=generated_data[0], sizes=SMALL)
 
 
 def test_find_checkpoints_lists_every_transformer_the_app_can_read_main_first(repo_root):

@@ -41,8 +41,16 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import torch
 
-from mechlab.analysis.ablation import (METHODS, Component, ablation_hooks, ablation_sweep, heads, impact_class, mlps,
-                                       reference_activations)
+from mechlab.analysis.ablation import (
+    METHODS,
+    Component,
+    ablation_hooks,
+    ablation_sweep,
+    heads,
+    impact_class,
+    mlps,
+    reference_activations,
+)
 from mechlab.analysis.attention import attention_patterns
 from mechlab.analysis.attribution import direct_logit_attribution, logit_lens, point_names
 from mechlab.analysis.patching import batched_patch, run_cache
@@ -50,8 +58,16 @@ from mechlab.arithmetic import circuit as arith_circuit
 from mechlab.arithmetic.pairs import DEFAULT_LAYOUTS, PAIR_KINDS, make_metrics, make_pairs
 from mechlab.arithmetic.roles import head_role_table
 from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, evaluate_split, greedy_answers
-from mechlab.arithmetic.tokenizer import (ANSWER_START, DIGIT_IDS, EQUALS_POS, MAX_ANSWER_DIGITS, MODEL_INPUT_LEN,
-                                          PROMPT_WIDTH, VOCAB, TokenizerError)
+from mechlab.arithmetic.tokenizer import (
+    ANSWER_START,
+    DIGIT_IDS,
+    EQUALS_POS,
+    MAX_ANSWER_DIGITS,
+    MODEL_INPUT_LEN,
+    PROMPT_WIDTH,
+    VOCAB,
+    TokenizerError,
+)
 from mechlab.core.io import load_torch_dict
 from mechlab.core.model import load_checkpoint
 from mechlab.core.plotting import REPO_ROOT, SEQUENTIAL_SCALE, TEMPLATE
