@@ -179,7 +179,8 @@ def test_gradio_client_returns_what_the_functions_return(explorer, app_url):
 
 def test_page_in_headless_chromium(app_url, chromium, repo_root, tmp_path):
     """Load the page, read the answer and a drawn heatmap, ablate L0H0 and see the answer change, send a
-    malformed prompt and see the message; every request the page makes goes to the app itself."""
+    malformed prompt and see the message, read a measured role, pick a single-token model and answer with
+    its operand boxes; every request the page makes goes to the app itself."""
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
@@ -209,6 +210,18 @@ def test_page_in_headless_chromium(app_url, chromium, repo_root, tmp_path):
         page.locator("#prompt textarea").fill("5 + 7 mod 113 =")  # the app keeps serving after bad input
         page.locator("#run").click()
         expect(answer).to_contain_text("5 + 7 mod 113 = 12", timeout=30_000)
+
+        page.locator("#role_button").click()  # L0H0's measured role
+        expect(page.locator("#role")).to_contain_text("mean-ablation drop", timeout=120_000)
+
+        page.locator("#model input").click()  # a single-token model: two operand boxes instead of the text box
+        page.get_by_role("option", name="grokking_transformer").click()
+        expect(page.locator("#prompt")).to_be_hidden(timeout=30_000)
+        expect(page.locator("#a input")).to_be_visible()
+        page.locator("#a input").fill("100")
+        page.locator("#b input").fill("20")
+        page.locator("#run").click()
+        expect(answer).to_contain_text("100 + 20 mod 113 = 7", timeout=30_000)
         browser.close()
     assert shot.stat().st_size > 10_000
     assert hosts == {"127.0.0.1"}, f"the page fetched from {hosts - {'127.0.0.1'}}"
