@@ -3,6 +3,7 @@
 Chromium: nothing is downloaded)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -152,9 +153,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(explorer):
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:  # not imported here: `launch` turns analytics off first
         needs("gradio", 'install the explorer extra: pip install -e ".[explorer]"')
     app, (_, url, _) = launch(explorer, port=free_port(), block=False)
     assert urlparse(url).hostname == "127.0.0.1"
