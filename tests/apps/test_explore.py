@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mechlab.analysis.ablation import CRITICAL_DROP, ablation_hooks
-from mechlab.apps.explore import PATCH, attention_figure, component_table, find_checkpoints, launch, lens_figure
+from mechlab.apps.explore import PATCH, attention_figure, component_table, find_checkpoints, launch, lens_figure, main
 from mechlab.arithmetic.tokenizer import ANSWER_START
 
 PROMPT = "999 + 1 mod 113 ="  # 1000 mod 113 = 96
@@ -33,6 +33,12 @@ def test_find_checkpoints_lists_every_transformer_the_app_can_read_main_first(re
     assert list(found)[0] == "main"
     assert {"grokking_transformer", "three_layer", "three_layer/wd01"} <= set(found)
     assert not any(name.startswith("toylm") or name.startswith("grokking_mlp") for name in found)
+
+
+def test_cli_refuses_a_missing_checkpoint(capsys):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "nowhere/model.pt"])
+    assert "no checkpoint at nowhere/model.pt" in capsys.readouterr().err
 
 
 def test_answer_with_each_token_probability_and_alternatives(explorer):

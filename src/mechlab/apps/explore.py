@@ -640,6 +640,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data", help="test/val splits for the role tables")
     args = parser.parse_args(argv)
+    if args.checkpoint and not args.checkpoint.exists():
+        parser.error(f"no checkpoint at {args.checkpoint}")
     checkpoints = {args.checkpoint.parent.name: args.checkpoint} if args.checkpoint else find_checkpoints()
     torch.set_grad_enabled(False)
     torch.set_num_threads(TORCH_THREADS)
