@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from mechlab.apps.explore import Explorer, TableSizes, find_checkpoints
-
-SMALL = TableSizes(n_eval=100, n_reference=64, n_pairs=4, n_dla=32, n_roles=32)
+from mechlab.apps.explore import QUICK_TABLE, Explorer, find_checkpoints
 
 
 @pytest.fixture(scope="session")
 def explorer(repo_root, generated_data) -> Explorer:
     torch.set_num_threads(1)
-    return Explorer(find_checkpoints(repo_root / "checkpoints"), data_dir=generated_data[0], sizes=SMALL)
+    return Explorer(find_checkpoints(repo_root / "checkpoints"), data_dir=generated_data[0], sizes=QUICK_TABLE)

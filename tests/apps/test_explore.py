@@ -141,7 +141,7 @@ def test_single_token_model_reads_two_operands(explorer):
 def test_role_is_read_from_the_measured_table(explorer):
     table = component_table(explorer.model("main"), explorer.data_dir, explorer.sizes)
     assert set(table.index) == {f"L{l}H{h}" for l in range(4) for h in range(8)} | {f"MLP{l}" for l in range(4)}
-    assert table.loc["L0H0", "drop"] >= CRITICAL_DROP  # measured here, on SMALL's 100 test rows
+    assert table.loc["L0H0", "drop"] >= CRITICAL_DROP  # measured here, on QUICK_TABLE's 100 test rows
     text = explorer.role("main", "L0H0")
     assert f"**{table.loc['L0H0', 'drop']:.3f}** (critical)" in text
     assert f"b-pairs {table.loc['L0H0', 'restore:b']:.2f}" in text

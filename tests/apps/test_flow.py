@@ -9,7 +9,7 @@ from mechlab.apps.flow import CONFIDENT, first_confident_point, flow_figure, fra
 @pytest.fixture(scope="module")
 def main_run(explorer):
     em = explorer.model("main")
-    table = explorer.role("main", "L0H0") and em.table  # measured once (SMALL sizes)
+    table = explorer.role("main", "L0H0") and em.table  # measured once (QUICK_TABLE sizes)
     return em, run_prompt(em, prompt_tokens(em, "999 + 1 mod 113 =")), table
 
 
@@ -43,3 +43,13 @@ def test_head_captions_and_first_confident_point(main_run):
     point = first_confident_point(run)
     assert run.lens_prob[run.lens_points.index(point), 0] >= CONFIDENT
     assert first_confident_point(run, threshold=1.1) is None
+
+
+def test_can_write_gif_says_whether_pillow_is_there(monkeypatch):
+    import importlib.util
+
+    from mechlab.apps import flow
+
+    assert flow.can_write_gif() == (importlib.util.find_spec("PIL") is not None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert flow.can_write_gif() is False

@@ -104,6 +104,9 @@ class TableSizes:
     n_roles: int = 256      # test prompts for the head-role table
 
 
+QUICK_TABLE = TableSizes(n_eval=100, n_reference=64, n_pairs=4, n_dla=32, n_roles=32)  # tests, quick notebooks
+
+
 # --- models -----------------------------------------------------------------------------------------
 
 def model_format(vocab: tuple[str, ...] | list[str]) -> str | None:

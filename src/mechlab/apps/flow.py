@@ -12,6 +12,7 @@ and joined by Pillow (installed with the `explorer` extra), each frame held `sec
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def frame_figure(fig: go.Figure, index: int) -> go.Figure:
         trace.update(data)
     still.layout.sliders, still.layout.updatemenus = (), ()
     return still.update_layout(title=frame.layout.title)
+
+
+def can_write_gif() -> bool:
+    """Whether Pillow (from the `explorer` extra; not a core dependency) is there to join the frames."""
+    return importlib.util.find_spec("PIL") is not None
 
 
 def save_gif(fig: go.Figure, path: Path, seconds_per_frame: float = 6.0, width: int = 1200, height: int = 520) -> Path:
