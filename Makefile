@@ -14,6 +14,7 @@
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
 #   make bench          run the benchmarks
+#   make explore        the interactive explorer on http://127.0.0.1:7860 (installs the `explorer` extra on first use)
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew
 #   make clean-reports  delete the rendered reports
 #
@@ -116,3 +117,16 @@ test: | $(VENV_STAMP)
 
 test-fast: | $(VENV_STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ---- the explorer ------------------------------------------------------------------------------
+# The `explorer` extra (gradio, playwright) goes into the venv on first use; then the app serves on
+# 127.0.0.1 only (PORT=N to change the port), analytics off, until Ctrl-C.
+EXPLORER_STAMP := $(VENV)/.mechlab-explorer-installed
+PORT ?= 7860
+$(EXPLORER_STAMP): pyproject.toml | $(VENV_STAMP)
+	$(PY) -m pip install -e ".[explorer]"
+	touch $@
+
+.PHONY: explore
+explore: $(EXPLORER_STAMP) data-checked
+	GRADIO_ANALYTICS_ENABLED=False $(PY) -m mechlab.explore --port $(PORT)

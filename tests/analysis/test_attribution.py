@@ -100,6 +100,21 @@ def test_logit_lens_candidates_restrict_the_top_prediction(tiny_model):
     best_digit = DIGIT_IDS[logits[:, DIGIT_IDS].argmax(-1)]
     lens = logit_lens(tiny_model, tokens, [-1], best_digit[:, None], candidate_ids=DIGIT_IDS)
     assert lens.top_is_correct[:, -1, 0].all() and lens.accuracy()["final_post"] == 1.0
+    assert torch.equal(lens.top[:, -1, 0], best_digit)  # the top prediction itself, among the candidates
+
+
+def test_logit_lens_top_predictions_and_a_model_without_layernorm(tiny_config):
+    import dataclasses
+
+    from mechlab.core.model import build_model
+
+    model = build_model(dataclasses.replace(tiny_config, normalization_type=None), device="cpu")
+    tokens = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    with torch.no_grad():
+        logits = model(tokens)[:, -1]
+    lens = logit_lens(model, tokens, [-1], logits.argmax(-1)[:, None])
+    assert lens.top.shape == (2, len(lens.labels), 1)
+    assert torch.equal(lens.top[:, -1, 0], logits.argmax(-1)) and lens.top_is_correct[:, -1].all()
 
 
 def hand_made_lens() -> LogitLensResult:

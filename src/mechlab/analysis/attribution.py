@@ -166,6 +166,7 @@ class LogitLensResult:
     correct_logprob: torch.Tensor  # [n, n_points, k] log-probability of the target (over the whole vocabulary)
     first_point: torch.Tensor  # [n, k] first point from which the top prediction stays correct (-1: never)
     valid: torch.Tensor        # [n, k] bool
+    top: torch.Tensor | None = None  # [n, n_points, k] id of the top prediction (among the candidates)
 
     def accuracy(self) -> pd.Series:
         """Share of rows whose target is the top prediction at each point (position 0), by label."""
@@ -193,26 +194,28 @@ def logit_lens(model, tokens: torch.Tensor, positions: Sequence[int], target_ids
     valid = torch.ones_like(target_ids, dtype=torch.bool) if valid is None else valid
     k = len(positions)
     pos_slice = _pos_slice(positions)
-    tops, lps = [], []
+    tops, lps, top_ids = [], [], []
     labels = None
     for s in range(0, len(tokens), batch_size):
         chunk = tokens[s:s + batch_size].to(model.cfg.device)
         cid = target_ids[s:s + batch_size].to(model.cfg.device)
         _, cache = model.run_with_cache(chunk)
         resid, labels = cache.accumulated_resid(layer=None, incl_mid=True, pos_slice=pos_slice, return_labels=True)
-        logits = model.unembed(model.ln_final(resid.flatten(0, 1))).view(*resid.shape[:2], k, -1)  # [p, n, k, V]
+        final_ln = getattr(model, "ln_final", torch.nn.Identity())  # a model without LayerNorm has none
+        logits = model.unembed(final_ln(resid.flatten(0, 1))).view(*resid.shape[:2], k, -1)  # [p, n, k, V]
         logits = logits.movedim(0, 1)  # [n, p, k, V]
         if candidate_ids is None:
             top = logits.argmax(-1)
         else:
             top = candidate_ids.to(logits.device)[logits[..., candidate_ids].argmax(-1)]
+        top_ids.append(top.cpu())
         tops.append((top == cid[:, None, :]).cpu())
         lps.append(logits.log_softmax(-1).gather(-1, cid[:, None, :, None].expand(-1, logits.shape[1], -1, 1))[..., 0].cpu())
     top = torch.cat(tops)
     # first point p such that top is correct at every point >= p
     stays = torch.flip(torch.cumprod(torch.flip(top.int(), dims=[1]), dim=1), dims=[1]).bool()
     first = torch.where(stays.any(1), stays.int().argmax(1), torch.full(stays.shape[::2], -1))
-    return LogitLensResult(list(labels), top, torch.cat(lps), first, valid)
+    return LogitLensResult(list(labels), top, torch.cat(lps), first, valid, torch.cat(top_ids))
 
 
 def point_names(labels: Sequence[str]) -> list[str]:

@@ -1,0 +1,1 @@
+"""Interactive apps over the trained models (the `explorer` extra: `pip install -e ".[explorer]"`)."""
