@@ -92,10 +92,13 @@ train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* export
 	$(PY) -m mechlab $* evaluate --save
 
-# Writes figures/bench_training.json and figures/bench_patching.json (+ .png/.svg): about 15 minutes on 2 CPU cores.
+# Writes figures/bench_{training,patching,shakespeare,explore}.json (+ .png/.svg): about 25 minutes on 2 CPU cores.
+# The explorer's benchmark needs the `explorer` extra (make explore installs it).
 bench: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab.bench.training
 	$(PY) -m mechlab.bench.patching --checkpoint checkpoints/main/model.pt
+	$(PY) -m mechlab.bench.shakespeare --train
+	$(PY) -m mechlab.bench.explore
 
 # ---- reports -----------------------------------------------------------------------------------
 # Notebooks run one at a time in name order (.NOTPARALLEL), each in its own folder as cwd.
