@@ -93,7 +93,6 @@ train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* evaluate --save
 
 # Writes figures/bench_{training,patching,shakespeare,explore}.json (+ .png/.svg): about 25 minutes on 2 CPU cores.
-# The explorer's benchmark needs the `explorer` extra (make explore installs it).
 bench: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab.bench.training
 	$(PY) -m mechlab.bench.patching --checkpoint checkpoints/main/model.pt
