@@ -6,6 +6,7 @@ import torch
 from mechlab.analysis.attention import attention_patterns
 from mechlab.analysis.induction import (
     attention_disagreement,
+    composition_baseline,
     composition_scores,
     copying_score,
     detector_scores,
@@ -232,3 +233,8 @@ def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
     steps = phase_change_steps(measures)
     assert set(steps) == {"induction_score", "k_composition", "icl_score"}
     assert all(step in (None, 50) for step in steps.values())  # two checkpoints: a change can only come at the second
+
+
+def test_the_composition_baseline_of_random_heads_is_small_and_shrinks_with_width():
+    narrow, wide = composition_baseline(16, 4, n_samples=50), composition_baseline(128, 4, n_samples=50)
+    assert 0 < wide < narrow < 0.5

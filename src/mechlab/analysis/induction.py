@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from transformer_lens import FactoredMatrix
 from transformer_lens.head_detector import (
     compute_head_attention_similarity_score,
     get_duplicate_token_head_detection_pattern,
@@ -181,6 +182,17 @@ def composition_scores(model, kind: str, earlier_layer: int = 0, later_layer: in
     n_heads = model.cfg.n_heads
     return torch.tensor([[composition_score(model.OV[earlier_layer, e], readers[kind](l)) for l in range(n_heads)]
                          for e in range(n_heads)])
+
+
+def composition_baseline(d_model: int, d_head: int, n_samples: int = 200, seed: int = 0) -> float:
+    """The mean `composition_score` of two random rank-`d_head` (d_model, d_model) FactoredMatrix with Gaussian
+    factors: what a composition score of unrelated heads looks like at this width (ARENA's baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def random_factored() -> FactoredMatrix:
+        return FactoredMatrix(torch.randn(d_model, d_head, generator=gen), torch.randn(d_head, d_model, generator=gen))
+
+    return sum(composition_score(random_factored(), random_factored()) for _ in range(n_samples)) / n_samples
 
 
 # --- Skip-trigrams of a 1-layer model (Elhage et al. 2021) --------------------------------------------------------

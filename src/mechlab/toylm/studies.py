@@ -28,11 +28,13 @@ N_EVAL_WINDOWS, QUICK_EVAL_WINDOWS = 128, 8
 SAMPLE_CHARS = 1000  # characters of the validation text kept with each export (attention on real text)
 
 
-def toy_config(n_layers: int, n_heads: int = 4, n_ctx: int = 64, seed: int = 0) -> ModelConfig:
-    """An attention-only (d_mlp None) character model without LayerNorm, shortformer positions, 64 wide."""
-    return ModelConfig(n_layers=n_layers, n_heads=n_heads, d_model=64, d_head=16, d_mlp=None,
+def toy_config(n_layers: int, n_heads: int = 4, n_ctx: int = 64, seed: int = 0, d_model: int = 64,
+               positional_embedding_type: str = "shortformer") -> ModelConfig:
+    """An attention-only (d_mlp None) character model without LayerNorm, heads of 16 dimensions; by default
+    64 wide with shortformer positions."""
+    return ModelConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=16, d_mlp=None,
                        d_vocab=len(SHAKESPEARE_VOCAB), n_ctx=n_ctx, normalization_type=None,
-                       positional_embedding_type="shortformer", vocab=SHAKESPEARE_VOCAB, seed=seed)
+                       positional_embedding_type=positional_embedding_type, vocab=SHAKESPEARE_VOCAB, seed=seed)
 
 
 @dataclass(frozen=True)
