@@ -14,6 +14,7 @@ from mechlab.analysis.induction import (
     head_kinds,
     heads_above,
     heads_of_kind,
+    icl_positions,
     in_context_learning_score,
     induction_score,
     jump_step,
@@ -238,3 +239,10 @@ def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
 def test_the_composition_baseline_of_random_heads_is_small_and_shrinks_with_width():
     narrow, wide = composition_baseline(16, 4, n_samples=50), composition_baseline(128, 4, n_samples=50)
     assert 0 < wide < narrow < 0.5
+
+
+def test_icl_positions_scale_olssons_50th_and_500th_token_to_the_context():
+    assert icl_positions(512) == (48, 498)
+    assert icl_positions(128) == (10, 123)
+    early, late = icl_positions(64)
+    assert 0 <= early < late <= 64 - 2  # a position with a loss in a 64-token window

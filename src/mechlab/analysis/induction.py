@@ -97,6 +97,17 @@ def in_context_learning_score(losses: torch.Tensor, early: int, late: int) -> fl
     return (by_position[late] - by_position[early]).item()
 
 
+OLSSON_CONTEXT, OLSSON_EARLY, OLSSON_LATE = 512, 50, 500  # Olsson et al.: loss on the 500th minus the 50th token
+
+
+def icl_positions(n_ctx: int) -> tuple[int, int]:
+    """(early, late) `loss_by_position` indices for a context of n_ctx tokens: Olsson et al.'s 50th and 500th
+    token of 512, scaled to n_ctx. The k-th token (1-based) is predicted at position k - 2 (from the k - 1
+    tokens before it), so a 512-token context gives (48, 498) and a 128-token one (10, 123)."""
+    early, late = (max(0, round(k * n_ctx / OLSSON_CONTEXT) - 2) for k in (OLSSON_EARLY, OLSSON_LATE))
+    return early, late
+
+
 def half_losses(model, tokens: torch.Tensor, seq_len: int) -> dict[str, float]:
     """Mean next-token loss on the first half and on the repeated half of repeated sequences
     (batch, 2 * seq_len): predictions of tokens 1..seq_len-1 and of tokens seq_len+1..2*seq_len-1
