@@ -187,6 +187,9 @@ def test_skip_trigrams_are_read_from_the_ov_and_qk_circuits():
     assert set(map(tuple, table[["source", "query", "output"]].values)) == {
         ("a", "c", "b"), ("b", "d", "c"), ("c", "a", "d"), ("d", "b", "a")}
     assert table["ov"].tolist() == pytest.approx([0.75] * 4)
+    among = skip_trigrams(model, 0, 0, tuple("abcd"), among=[0, 1, 2])  # d left out: b -> c kept, c's output d gone
+    assert ("b", "d", "c") not in set(map(tuple, among[["source", "query", "output"]].values))
+    assert set(among["source"]) == {"a", "b", "c"} and "d" not in set(among["output"]) | set(among["query"])
 
 
 def test_norm_based_attention_weights_each_key_by_the_size_of_its_transformed_value():

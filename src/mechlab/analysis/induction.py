@@ -16,6 +16,8 @@ attention patterns computed here, one sequence at a time, and averages over the 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import pandas as pd
 import torch
 from transformer_lens import FactoredMatrix
@@ -208,21 +210,26 @@ def composition_baseline(d_model: int, d_head: int, n_samples: int = 200, seed: 
 
 # --- Skip-trigrams of a 1-layer model (Elhage et al. 2021) --------------------------------------------------------
 
-def skip_trigrams(model, layer: int, head: int, vocab: tuple[str, ...], k: int = 10) -> pd.DataFrame:
+def skip_trigrams(model, layer: int, head: int, vocab: tuple[str, ...], k: int = 10,
+                  among: Sequence[int] | None = None) -> pd.DataFrame:
     """The head's strongest skip-trigrams [source] ... [query] -> [output], read from its circuits: for each
     source token, the output whose logit the full OV circuit raises most (row-centred, since a constant
     shift of all logits changes nothing) and the query token that prefers this source most over the other
     keys (the full QK circuit's column, each query's row centred over keys). The k rows with the largest
-    OV boost, with that boost (`ov`) and the query's attention-score advantage (`qk`)."""
-    ov = full_ov_circuit(model, layer, head).AB.detach()
-    qk = full_qk_circuit(model, layer, head).AB.detach()
+    OV boost, with that boost (`ov`) and the query's attention-score advantage (`qk`). `among` (token ids)
+    restricts sources, queries and outputs to those tokens (e.g. the frequent ones: rare tokens keep
+    large untrained weights)."""
+    ids = torch.arange(model.cfg.d_vocab) if among is None else torch.as_tensor(among)
+    ov = full_ov_circuit(model, layer, head).AB.detach()[ids][:, ids]
+    qk = full_qk_circuit(model, layer, head).AB.detach()[ids][:, ids]
     ov = ov - ov.mean(-1, keepdim=True)  # (source, output)
     qk = qk - qk.mean(-1, keepdim=True)  # (query, key)
     best_ov, output = ov.max(-1)
     best_qk, query = qk.max(0)  # for each key (source): the query that prefers it most
-    order = best_ov.argsort(descending=True)[:k]
-    return pd.DataFrame({"source": [vocab[i] for i in order.tolist()], "query": [vocab[query[i]] for i in order.tolist()],
-                         "output": [vocab[output[i]] for i in order.tolist()], "ov": best_ov[order].tolist(),
+    order = best_ov.argsort(descending=True)[:k].tolist()
+    name = [vocab[i] for i in ids.tolist()]
+    return pd.DataFrame({"source": [name[i] for i in order], "query": [name[query[i]] for i in order],
+                         "output": [name[output[i]] for i in order], "ov": best_ov[order].tolist(),
                          "qk": best_qk[order].tolist()})
 
 
