@@ -265,15 +265,20 @@ def attention_disagreement(raw: torch.Tensor, norm_based: torch.Tensor) -> torch
 # --- The phase change over a checkpoint series (Olsson et al. 2022) -----------------------------------------------
 
 JUMP_FRACTION = 0.5  # a measure has "jumped" at the first checkpoint past half its way from start to extreme
+# ... provided that way is at least this long (smaller moves are noise: the ICL score of one context position moves
+# by a few hundredths of a nat between checkpoints of a model without induction heads)
+MIN_JUMP = {"induction_score": 0.2, "k_composition": 0.05, "icl_score": 0.1}
 
 
-def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction: float = JUMP_FRACTION) -> int | None:
+def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction: float = JUMP_FRACTION,
+              min_change: float = 0.0) -> int | None:
     """The step of the first row (`first_reaching`) where `metric` has gone `fraction` of the way from its
     value in the first row to its extreme over the series (the maximum, or the minimum if `decreasing`);
-    None if it never moves. rows: [{"step": ..., metric: ...}] in step order."""
+    None if the extreme is less than `min_change` away from the first value (no jump). rows: [{"step": ...,
+    metric: ...}] in step order."""
     values = [row[metric] for row in rows]
     extreme = min(values) if decreasing else max(values)
-    if extreme == values[0]:
+    if extreme == values[0] or abs(extreme - values[0]) < min_change:
         return None
     target = values[0] + fraction * (extreme - values[0])
     return first_reaching(rows, metric, target, below=decreasing)["step"]  # the extreme is past the target
@@ -294,9 +299,8 @@ def series_measures(series: list[tuple[int, torch.nn.Module]], repeated: torch.T
 
 
 def phase_change_steps(measures: pd.DataFrame, fraction: float = JUMP_FRACTION) -> dict[str, int | None]:
-    """{measure: the step it jumps at} (`jump_step`) for the columns of `series_measures`: the induction score
-    and K-composition rise, the in-context-learning score falls."""
+    """{measure: the step it jumps at, or None} (`jump_step`) for the columns of `series_measures`: the induction
+    score and K-composition rise, the in-context-learning score falls, each by at least MIN_JUMP[measure]."""
     rows = measures.to_dict("records")
-    return {"induction_score": jump_step(rows, "induction_score", fraction=fraction),
-            "k_composition": jump_step(rows, "k_composition", fraction=fraction),
-            "icl_score": jump_step(rows, "icl_score", decreasing=True, fraction=fraction)}
+    return {name: jump_step(rows, name, decreasing=name == "icl_score", fraction=fraction, min_change=MIN_JUMP[name])
+            for name in ("induction_score", "k_composition", "icl_score")}
