@@ -23,6 +23,7 @@ from mechlab.analysis.induction import (
     norm_based_attention,
     phase_change_steps,
     prefix_matching_score,
+    previous_token_score,
     repeated_random_tokens,
     row_normalised,
     series_measures,
@@ -227,9 +228,10 @@ def test_a_measure_jumps_at_the_first_checkpoint_halfway_to_its_extreme():
 
 
 def test_phase_change_steps_names_the_measures_that_jump_and_ignores_small_moves():
-    measures = pd.DataFrame({"step": [0, 100, 200, 300], "induction_score": [0.02, 0.03, 0.6, 0.7],
+    measures = pd.DataFrame({"step": [0, 100, 200, 300], "previous_token_score": [0.1, 0.7, 0.7, 0.7], "induction_score": [0.02, 0.03, 0.6, 0.7],
                              "k_composition": [0.10, 0.11, 0.12, 0.11], "icl_score": [0.0, -0.05, -0.4, -0.5]})
-    assert phase_change_steps(measures) == {"induction_score": 200, "k_composition": None, "icl_score": 200}
+    assert phase_change_steps(measures) == {"previous_token_score": 100, "induction_score": 200, "k_composition": None,
+                                            "icl_score": 200}
 
 
 def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
@@ -239,11 +241,11 @@ def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
     repeated = repeated_random_tokens(10, SEQ_LEN, batch=2)
     text = torch.randint(0, 10, (2, 16))
     measures = series_measures(series, repeated, SEQ_LEN, text, early=2, late=13)
-    assert measures.columns.tolist() == ["step", "induction_score", "k_composition", "icl_score"]
+    assert measures.columns.tolist() == ["step", "previous_token_score", "induction_score", "k_composition", "icl_score"]
     last = series[1][1]
     assert measures.iloc[1]["k_composition"] == pytest.approx(composition_scores(last, "k").max().item())
     assert measures.iloc[1]["icl_score"] == pytest.approx(in_context_learning_score(loss_by_position(last, text), 2, 13))
-    assert set(phase_change_steps(measures)) == {"induction_score", "k_composition", "icl_score"}
+    assert set(phase_change_steps(measures)) == set(measures.columns) - {"step"}
 
 
 def test_the_composition_baseline_of_random_heads_is_small_and_shrinks_with_width():
@@ -256,3 +258,10 @@ def test_icl_positions_scale_olssons_50th_and_500th_token_to_the_context():
     assert icl_positions(128) == (10, 123)
     early, late = icl_positions(64)
     assert 0 <= early < late <= 64 - 2  # a position with a loss in a 64-token window
+
+
+def test_previous_token_score_is_one_for_a_previous_token_head():
+    scores = previous_token_score(as_model_patterns(previous_token_pattern(), induction_pattern(), uniform_pattern()))
+    assert scores[0, 0].item() == pytest.approx(1.0)
+    assert scores[0, 1].item() == pytest.approx(0.0)
+    assert 0 < scores[0, 2].item() < 0.5

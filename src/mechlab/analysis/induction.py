@@ -52,6 +52,12 @@ def induction_score(patterns: torch.Tensor, seq_len: int) -> torch.Tensor:
     return patterns.diagonal(offset=-seq_len + 1, dim1=-2, dim2=-1).mean(dim=(0, -1))
 
 
+def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+    """(n_layers, n_heads) mean attention on the previous token (the -1 diagonal), averaged over the batch;
+    patterns (batch, n_layers, n_heads, pos, pos)."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, -1))
+
+
 def detector_scores(patterns: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """{kind: (n_layers, n_heads)} TransformerLens head-detector scores ("mul": the share of a head's
     attention on the kind's detection pattern), averaged over the batch; patterns (batch, n_layers,
@@ -267,7 +273,7 @@ def attention_disagreement(raw: torch.Tensor, norm_based: torch.Tensor) -> torch
 JUMP_FRACTION = 0.5  # a measure has "jumped" at the first checkpoint past half its way from start to extreme
 # ... provided that way is at least this long (smaller moves are noise: the ICL score of one context position moves
 # by a few hundredths of a nat between checkpoints of a model without induction heads)
-MIN_JUMP = {"induction_score": 0.2, "k_composition": 0.05, "icl_score": 0.1}
+MIN_JUMP = {"previous_token_score": 0.2, "induction_score": 0.2, "k_composition": 0.05, "icl_score": 0.1}
 
 
 def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction: float = JUMP_FRACTION,
@@ -286,21 +292,22 @@ def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction:
 
 def series_measures(series: list[tuple[int, torch.nn.Module]], repeated: torch.Tensor, seq_len: int,
                     text: torch.Tensor, early: int, late: int) -> pd.DataFrame:
-    """One row per checkpoint (step, model) of a series: the highest induction score on `repeated` (batch,
-    2 * seq_len) tokens, the highest K-composition score between a layer-0 and a layer-1 head, and the
+    """One row per checkpoint (step, model) of a series: the highest layer-0 previous-token score and the
+    highest induction score on `repeated` (batch, 2 * seq_len) tokens, the highest K-composition score between a layer-0 and a layer-1 head, and the
     in-context-learning score (loss at position `late` minus at `early`) on `text` windows (batch, pos)."""
     rows = []
     for step, model in series:
-        rows.append({"step": step,
-                     "induction_score": induction_score(attention_patterns(model, repeated), seq_len).max().item(),
+        patterns = attention_patterns(model, repeated)
+        rows.append({"step": step, "previous_token_score": previous_token_score(patterns)[0].max().item(),
+                     "induction_score": induction_score(patterns, seq_len).max().item(),
                      "k_composition": composition_scores(model, "k").max().item(),
                      "icl_score": in_context_learning_score(loss_by_position(model, text), early, late)})
     return pd.DataFrame(rows)
 
 
 def phase_change_steps(measures: pd.DataFrame, fraction: float = JUMP_FRACTION) -> dict[str, int | None]:
-    """{measure: the step it jumps at, or None} (`jump_step`) for the columns of `series_measures`: the induction
-    score and K-composition rise, the in-context-learning score falls, each by at least MIN_JUMP[measure]."""
+    """{measure: the step it jumps at, or None} (`jump_step`) for the columns of `series_measures`: the
+    previous-token score, the induction score and K-composition rise, the in-context-learning score falls, each by at least MIN_JUMP[measure]."""
     rows = measures.to_dict("records")
     return {name: jump_step(rows, name, decreasing=name == "icl_score", fraction=fraction, min_change=MIN_JUMP[name])
-            for name in ("induction_score", "k_composition", "icl_score")}
+            for name in ("previous_token_score", "induction_score", "k_composition", "icl_score")}
