@@ -10,19 +10,24 @@ random sequences of min(30, ctx / 2) characters; uniform attention scores about 
 previous-token attention on the same sequences, the in-context-learning score (`icl_positions`) and the loss gain
 on repeated *validation text* (loss on the first half minus on the repeat). The last line is a JSON summary.
 
-Measured on the project's shared 2-core CPU, one thread, November 2026 (batch x context = 2,048 tokens a step;
-warm-up 100 steps, cosine to 10% of lr; `ind` = highest layer-1 induction score at the last evaluation):
+Measured on the project's shared 2-core CPU (one thread, while other jobs ran), November 2026: batch x context =
+2,048 tokens a step, warm-up 100 steps, cosine to 10% of lr; "induction" = the highest layer-1 induction score and
+"prev-token" = the highest layer-0 previous-token score at the last evaluation (on 32 repeated random sequences;
+uniform attention scores about 0.02 on both), "repeat gain" = loss on the first half of repeated validation text
+minus on the repeat (positive when the repeat is predicted better):
 
-| positions   | d_model x heads | ctx | lr   | wd  | steps       | val loss | ind   | layer-0 prev-token | repeat gain |
-|-------------|-----------------|-----|------|-----|-------------|----------|-------|--------------------|-------------|
-| standard    | 64 x 4          | 64  | 3e-3 | 0.1 | 1,500       | 2.151    | 0.011 |                    |             |
-| standard    | 128 x 8         | 128 | 3e-3 | 0.1 | 1,000 of 2,000 (stopped) | 2.109 | 0.023 | <= 0.07 |        |
-| shortformer | 64 x 4          | 128 | 1e-2 | 0   | 2,000       | 1.871    | 0.009 | 0.25-0.30          | -0.06       |
-| shortformer | 64 x 4          | 256 | 1e-2 | 0   | see the study note in `mechlab.toylm.studies` |
+| positions   | d_model x heads | ctx | lr   | wd  | steps                    | val loss | induction | prev-token | repeat gain |
+|-------------|-----------------|-----|------|-----|--------------------------|----------|-----------|------------|-------------|
+| standard    | 64 x 4          | 64  | 3e-3 | 0.1 | 1,500                    | 2.151    | 0.011     | n/a        | n/a         |
+| standard    | 128 x 8         | 128 | 3e-3 | 0.1 | 1,000 of 2,000 (stopped) | 2.109    | 0.023     | 0.07       | n/a         |
+| shortformer | 64 x 4          | 128 | 1e-2 | 0   | 2,000                    | 1.871    | 0.009     | 0.31       | -0.06       |
 | shortformer | 128 x 8         | 256 | 1e-2 | 0   | stopped before its first evaluation (about 1 s a step here) |
 
-(The committed `toylm_attn_only_2l` and `_ctx256`, shortformer 64 x 4 at lr 1e-3 / 2e-3 with weight decay 0.1,
-reach 0.025 at most: README.) No probe formed an induction head.
+The last two recipes of `mechlab.toylm.studies` continue this table as registered studies (their numbers from
+their committed snapshot series, 128 evaluation windows): `toylm_attn_only_2l_lr1e2` (the third row's recipe:
+validation loss 1.908, induction 0.009, prev-token 0.305) and `toylm_attn_only_2l_ctx256_lr1e2` (context 256:
+1.861, induction 0.006, prev-token 0.59). The committed `toylm_attn_only_2l` and `_ctx256` (shortformer 64 x 4,
+lr 1e-3 / 2e-3, weight decay 0.1) reach 0.025 at most. No probe formed an induction head.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from mechlab.core.train import TrainConfig
 
 TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", "three_layer", "three_layer_wd01",
            "toylm_zero_layer", "toylm_attn_only_1l", "toylm_attn_only_2l", "toylm_attn_only_2l_ctx256",
-           "toylm_attn_only_2l_lr1e2"}
+           "toylm_attn_only_2l_lr1e2", "toylm_attn_only_2l_ctx256_lr1e2"}
 
 
 def test_every_trained_model_is_registered():

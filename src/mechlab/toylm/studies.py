@@ -111,17 +111,23 @@ TOYLM_STUDIES: dict[str, ToyLMStudy] = {s.name: s for s in [
                batch_size=8, n_series=16,
                note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 256; 8 windows a step; "
                     "AdamW lr 2e-3, wd 0.1, 4,000 steps."),
-    # Probes for induction heads (scripts/probe_induction.py, the table in its docstring): standard positions, 8 heads
-    # of 16 (d_model 128), context 128 or 256 and lr 3e-3 to 1e-2 formed none (induction score <= 0.03). This one,
-    # lr 1e-2 without weight decay at context 128 (16 windows a step: 2,048 tokens), has the lowest validation loss of
-    # them and prev-token-leaning layer-0 heads, still no induction head; its snapshot series is the one notebook 21
-    # measures the (absent) phase change on.
+    # Probes for induction heads (scripts/probe_induction.py; measured numbers in its docstring): standard positions,
+    # 8 heads of 16 (d_model 128), lr 3e-3 formed none (induction score <= 0.03). lr 1e-2 without weight decay lowers
+    # the validation loss by 0.3 nats and, at context 256, grows a layer-0 previous-token head, but still no layer-1
+    # induction head; notebook 21 measures both runs' snapshot series.
     ToyLMStudy("toylm_attn_only_2l_lr1e2", toy_config(2, n_ctx=128),
                dataclasses.replace(TOY_TRAIN, max_steps=2000, lr=1e-2, weight_decay=0.0, checkpoint_every=100,
                                    snapshot_every=100),
                batch_size=16, n_series=12,
                note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 128; 16 windows a step; "
                     "AdamW lr 1e-2, no weight decay, 2,000 steps."),
+    # The same recipe at context 256 (8 windows a step), 3,000 steps, where more repeated words and names fall inside
+    # the window: notebook 21's 2-layer model.
+    ToyLMStudy("toylm_attn_only_2l_ctx256_lr1e2", toy_config(2, n_ctx=256),
+               dataclasses.replace(TOY_TRAIN, max_steps=3000, lr=1e-2, weight_decay=0.0, snapshot_every=250),
+               batch_size=8, n_series=12,
+               note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 256; 8 windows a step; "
+                    "AdamW lr 1e-2, no weight decay, 3,000 steps."),
 ]}
 for _spec in TOYLM_STUDIES.values():
     register_study(_spec.study())
