@@ -8,7 +8,8 @@
 #   make train          train the main model (resumes runs/main/), export it to checkpoints/main/, evaluate it
 #   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
 #                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
-#                       toylm_attn_only_2l_ctx256, shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU):
+#                       toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2, toylm_attn_only_2l_ctx256_lr1e2,
+#                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU):
 #                       reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
@@ -51,6 +52,7 @@ CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 
 STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01 \
            toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256 \
+           toylm_attn_only_2l_lr1e2 toylm_attn_only_2l_ctx256_lr1e2 \
            shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports

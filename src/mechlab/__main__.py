@@ -8,7 +8,8 @@
 
 Studies: main (the arithmetic model, notebooks 01-05), grokking_mlp, grokking_mlp_seed,
 grokking_transformer, three_layer, three_layer_wd01 (notebooks 10-12),
-toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l, toylm_attn_only_2l_ctx256 (notebooks 20-21), shakespeare_char_seed0,
+toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l, toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2,
+toylm_attn_only_2l_ctx256_lr1e2 (notebooks 20-21), shakespeare_char_seed0,
 shakespeare_char_seed1, shakespeare_char_seed2, shakespeare_char_gpu (GPU only) (notebook 22; they all read
 Tiny Shakespeare from $MECHLAB_SHAKESPEARE or ../shared/data/tinyshakespeare.txt, see mechlab.toylm.data). `export` writes everything
 committed under the study's export dir (for the grokking runs also series.pt / progress.json).

@@ -1,11 +1,13 @@
 import dataclasses
 
+import pandas as pd
 import pytest
 import torch
 
 from mechlab.analysis.attention import attention_patterns
 from mechlab.analysis.induction import (
     attention_disagreement,
+    composition_baseline,
     composition_scores,
     copying_score,
     detector_scores,
@@ -13,6 +15,7 @@ from mechlab.analysis.induction import (
     head_kinds,
     heads_above,
     heads_of_kind,
+    icl_positions,
     in_context_learning_score,
     induction_score,
     jump_step,
@@ -20,6 +23,7 @@ from mechlab.analysis.induction import (
     norm_based_attention,
     phase_change_steps,
     prefix_matching_score,
+    previous_token_score,
     repeated_random_tokens,
     row_normalised,
     series_measures,
@@ -185,6 +189,9 @@ def test_skip_trigrams_are_read_from_the_ov_and_qk_circuits():
     assert set(map(tuple, table[["source", "query", "output"]].values)) == {
         ("a", "c", "b"), ("b", "d", "c"), ("c", "a", "d"), ("d", "b", "a")}
     assert table["ov"].tolist() == pytest.approx([0.75] * 4)
+    among = skip_trigrams(model, 0, 0, tuple("abcd"), among=[0, 1, 2])  # d left out: b -> c kept, c's output d gone
+    assert ("b", "d", "c") not in set(map(tuple, among[["source", "query", "output"]].values))
+    assert set(among["source"]) == {"a", "b", "c"} and "d" not in set(among["output"]) | set(among["query"])
 
 
 def test_norm_based_attention_weights_each_key_by_the_size_of_its_transformed_value():
@@ -216,6 +223,15 @@ def test_a_measure_jumps_at_the_first_checkpoint_halfway_to_its_extreme():
     assert jump_step(rows, "fall", decreasing=True) == 200  # below 0.55
     assert jump_step(rows, "fall", decreasing=True, fraction=0.05) == 100
     assert jump_step([{"step": 0, "flat": 1.0}, {"step": 1, "flat": 1.0}], "flat") is None
+    assert jump_step(rows, "rise", min_change=0.9) is None  # a rise of 0.8 is too small to count
+    assert jump_step(rows, "rise", min_change=0.5) == 200
+
+
+def test_phase_change_steps_names_the_measures_that_jump_and_ignores_small_moves():
+    measures = pd.DataFrame({"step": [0, 100, 200, 300], "previous_token_score": [0.1, 0.7, 0.7, 0.7], "induction_score": [0.02, 0.03, 0.6, 0.7],
+                             "k_composition": [0.10, 0.11, 0.12, 0.11], "icl_score": [0.0, -0.05, -0.4, -0.5]})
+    assert phase_change_steps(measures) == {"previous_token_score": 100, "induction_score": 200, "k_composition": None,
+                                            "icl_score": 200}
 
 
 def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
@@ -225,10 +241,27 @@ def test_series_measures_and_phase_change_steps_on_a_two_checkpoint_series():
     repeated = repeated_random_tokens(10, SEQ_LEN, batch=2)
     text = torch.randint(0, 10, (2, 16))
     measures = series_measures(series, repeated, SEQ_LEN, text, early=2, late=13)
-    assert measures.columns.tolist() == ["step", "induction_score", "k_composition", "icl_score"]
+    assert measures.columns.tolist() == ["step", "previous_token_score", "induction_score", "k_composition", "icl_score"]
     last = series[1][1]
     assert measures.iloc[1]["k_composition"] == pytest.approx(composition_scores(last, "k").max().item())
     assert measures.iloc[1]["icl_score"] == pytest.approx(in_context_learning_score(loss_by_position(last, text), 2, 13))
-    steps = phase_change_steps(measures)
-    assert set(steps) == {"induction_score", "k_composition", "icl_score"}
-    assert all(step in (None, 50) for step in steps.values())  # two checkpoints: a change can only come at the second
+    assert set(phase_change_steps(measures)) == set(measures.columns) - {"step"}
+
+
+def test_the_composition_baseline_of_random_heads_is_small_and_shrinks_with_width():
+    narrow, wide = composition_baseline(16, 4, n_samples=50), composition_baseline(128, 4, n_samples=50)
+    assert 0 < wide < narrow < 0.5
+
+
+def test_icl_positions_scale_olssons_50th_and_500th_token_to_the_context():
+    assert icl_positions(512) == (48, 498)
+    assert icl_positions(128) == (10, 123)
+    early, late = icl_positions(64)
+    assert 0 <= early < late <= 64 - 2  # a position with a loss in a 64-token window
+
+
+def test_previous_token_score_is_one_for_a_previous_token_head():
+    scores = previous_token_score(as_model_patterns(previous_token_pattern(), induction_pattern(), uniform_pattern()))
+    assert scores[0, 0].item() == pytest.approx(1.0)
+    assert scores[0, 1].item() == pytest.approx(0.0)
+    assert 0 < scores[0, 2].item() < 0.5

@@ -19,6 +19,7 @@ from mechlab.core.train import TrainConfig
 
 TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", "three_layer", "three_layer_wd01",
            "toylm_zero_layer", "toylm_attn_only_1l", "toylm_attn_only_2l", "toylm_attn_only_2l_ctx256",
+           "toylm_attn_only_2l_lr1e2", "toylm_attn_only_2l_ctx256_lr1e2",
            "shakespeare_char_seed0", "shakespeare_char_seed1", "shakespeare_char_seed2"}
 GPU_ONLY = {"shakespeare_char_gpu"}  # registered for a make target on a GPU machine; nothing committed
 

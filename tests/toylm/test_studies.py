@@ -8,7 +8,8 @@ from mechlab.toylm.studies import TOYLM_STUDIES
 
 def test_the_toy_models_are_registered_with_their_layer_counts():
     layers = {name: get_study(name).model_config.n_layers for name in TOYLM_STUDIES}
-    assert layers == {"toylm_zero_layer": 0, "toylm_attn_only_1l": 1, "toylm_attn_only_2l": 2, "toylm_attn_only_2l_ctx256": 2}
+    assert layers == {"toylm_zero_layer": 0, "toylm_attn_only_1l": 1, "toylm_attn_only_2l": 2, "toylm_attn_only_2l_ctx256": 2,
+                      "toylm_attn_only_2l_lr1e2": 2, "toylm_attn_only_2l_ctx256_lr1e2": 2}
     assert all(get_study(name).model_config.d_mlp is None for name in TOYLM_STUDIES)  # attention-only
 
 

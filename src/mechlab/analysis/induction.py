@@ -16,8 +16,11 @@ attention patterns computed here, one sequence at a time, and averages over the 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import pandas as pd
 import torch
+from transformer_lens import FactoredMatrix
 from transformer_lens.head_detector import (
     compute_head_attention_similarity_score,
     get_duplicate_token_head_detection_pattern,
@@ -47,6 +50,12 @@ def induction_score(patterns: torch.Tensor, seq_len: int) -> torch.Tensor:
     """(n_layers, n_heads) ARENA induction score: mean attention on the -seq_len + 1 diagonal.
     patterns (batch, n_layers, n_heads, pos, pos) on repeated sequences of `seq_len` tokens."""
     return patterns.diagonal(offset=-seq_len + 1, dim1=-2, dim2=-1).mean(dim=(0, -1))
+
+
+def previous_token_score(patterns: torch.Tensor) -> torch.Tensor:
+    """(n_layers, n_heads) mean attention on the previous token (the -1 diagonal), averaged over the batch;
+    patterns (batch, n_layers, n_heads, pos, pos)."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(0, -1))
 
 
 def detector_scores(patterns: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -94,6 +103,17 @@ def in_context_learning_score(losses: torch.Tensor, early: int, late: int) -> fl
         raise ValueError(f"need 0 <= early < late < {losses.shape[-1]} (positions with a loss), got early={early}, late={late}")
     by_position = losses if losses.dim() == 1 else losses.mean(0)
     return (by_position[late] - by_position[early]).item()
+
+
+OLSSON_CONTEXT, OLSSON_EARLY, OLSSON_LATE = 512, 50, 500  # Olsson et al.: loss on the 500th minus the 50th token
+
+
+def icl_positions(n_ctx: int) -> tuple[int, int]:
+    """(early, late) `loss_by_position` indices for a context of n_ctx tokens: Olsson et al.'s 50th and 500th
+    token of 512, scaled to n_ctx. The k-th token (1-based) is predicted at position k - 2 (from the k - 1
+    tokens before it), so a 512-token context gives (48, 498) and a 128-token one (10, 123)."""
+    early, late = (max(0, round(k * n_ctx / OLSSON_CONTEXT) - 2) for k in (OLSSON_EARLY, OLSSON_LATE))
+    return early, late
 
 
 def half_losses(model, tokens: torch.Tensor, seq_len: int) -> dict[str, float]:
@@ -183,23 +203,39 @@ def composition_scores(model, kind: str, earlier_layer: int = 0, later_layer: in
                          for e in range(n_heads)])
 
 
+def composition_baseline(d_model: int, d_head: int, n_samples: int = 200, seed: int = 0) -> float:
+    """The mean `composition_score` of two random rank-`d_head` (d_model, d_model) FactoredMatrix with Gaussian
+    factors: what a composition score of unrelated heads looks like at this width (ARENA's baseline)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def random_factored() -> FactoredMatrix:
+        return FactoredMatrix(torch.randn(d_model, d_head, generator=gen), torch.randn(d_head, d_model, generator=gen))
+
+    return sum(composition_score(random_factored(), random_factored()) for _ in range(n_samples)) / n_samples
+
+
 # --- Skip-trigrams of a 1-layer model (Elhage et al. 2021) --------------------------------------------------------
 
-def skip_trigrams(model, layer: int, head: int, vocab: tuple[str, ...], k: int = 10) -> pd.DataFrame:
+def skip_trigrams(model, layer: int, head: int, vocab: tuple[str, ...], k: int = 10,
+                  among: Sequence[int] | None = None) -> pd.DataFrame:
     """The head's strongest skip-trigrams [source] ... [query] -> [output], read from its circuits: for each
     source token, the output whose logit the full OV circuit raises most (row-centred, since a constant
     shift of all logits changes nothing) and the query token that prefers this source most over the other
     keys (the full QK circuit's column, each query's row centred over keys). The k rows with the largest
-    OV boost, with that boost (`ov`) and the query's attention-score advantage (`qk`)."""
-    ov = full_ov_circuit(model, layer, head).AB.detach()
-    qk = full_qk_circuit(model, layer, head).AB.detach()
+    OV boost, with that boost (`ov`) and the query's attention-score advantage (`qk`). `among` (token ids)
+    restricts sources, queries and outputs to those tokens (e.g. the frequent ones: rare tokens keep
+    large untrained weights)."""
+    ids = torch.arange(model.cfg.d_vocab) if among is None else torch.as_tensor(among)
+    ov = full_ov_circuit(model, layer, head).AB.detach()[ids][:, ids]
+    qk = full_qk_circuit(model, layer, head).AB.detach()[ids][:, ids]
     ov = ov - ov.mean(-1, keepdim=True)  # (source, output)
     qk = qk - qk.mean(-1, keepdim=True)  # (query, key)
     best_ov, output = ov.max(-1)
     best_qk, query = qk.max(0)  # for each key (source): the query that prefers it most
-    order = best_ov.argsort(descending=True)[:k]
-    return pd.DataFrame({"source": [vocab[i] for i in order.tolist()], "query": [vocab[query[i]] for i in order.tolist()],
-                         "output": [vocab[output[i]] for i in order.tolist()], "ov": best_ov[order].tolist(),
+    order = best_ov.argsort(descending=True)[:k].tolist()
+    name = [vocab[i] for i in ids.tolist()]
+    return pd.DataFrame({"source": [name[i] for i in order], "query": [name[query[i]] for i in order],
+                         "output": [name[output[i]] for i in order], "ov": best_ov[order].tolist(),
                          "qk": best_qk[order].tolist()})
 
 
@@ -235,15 +271,20 @@ def attention_disagreement(raw: torch.Tensor, norm_based: torch.Tensor) -> torch
 # --- The phase change over a checkpoint series (Olsson et al. 2022) -----------------------------------------------
 
 JUMP_FRACTION = 0.5  # a measure has "jumped" at the first checkpoint past half its way from start to extreme
+# ... provided that way is at least this long (smaller moves are noise: the ICL score of one context position moves
+# by a few hundredths of a nat between checkpoints of a model without induction heads)
+MIN_JUMP = {"previous_token_score": 0.2, "induction_score": 0.2, "k_composition": 0.05, "icl_score": 0.1}
 
 
-def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction: float = JUMP_FRACTION) -> int | None:
+def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction: float = JUMP_FRACTION,
+              min_change: float = 0.0) -> int | None:
     """The step of the first row (`first_reaching`) where `metric` has gone `fraction` of the way from its
     value in the first row to its extreme over the series (the maximum, or the minimum if `decreasing`);
-    None if it never moves. rows: [{"step": ..., metric: ...}] in step order."""
+    None if the extreme is less than `min_change` away from the first value (no jump). rows: [{"step": ...,
+    metric: ...}] in step order."""
     values = [row[metric] for row in rows]
     extreme = min(values) if decreasing else max(values)
-    if extreme == values[0]:
+    if extreme == values[0] or abs(extreme - values[0]) < min_change:
         return None
     target = values[0] + fraction * (extreme - values[0])
     return first_reaching(rows, metric, target, below=decreasing)["step"]  # the extreme is past the target
@@ -251,22 +292,22 @@ def jump_step(rows: list[dict], metric: str, decreasing: bool = False, fraction:
 
 def series_measures(series: list[tuple[int, torch.nn.Module]], repeated: torch.Tensor, seq_len: int,
                     text: torch.Tensor, early: int, late: int) -> pd.DataFrame:
-    """One row per checkpoint (step, model) of a series: the highest induction score on `repeated` (batch,
-    2 * seq_len) tokens, the highest K-composition score between a layer-0 and a layer-1 head, and the
+    """One row per checkpoint (step, model) of a series: the highest layer-0 previous-token score and the
+    highest induction score on `repeated` (batch, 2 * seq_len) tokens, the highest K-composition score between a layer-0 and a layer-1 head, and the
     in-context-learning score (loss at position `late` minus at `early`) on `text` windows (batch, pos)."""
     rows = []
     for step, model in series:
-        rows.append({"step": step,
-                     "induction_score": induction_score(attention_patterns(model, repeated), seq_len).max().item(),
+        patterns = attention_patterns(model, repeated)
+        rows.append({"step": step, "previous_token_score": previous_token_score(patterns)[0].max().item(),
+                     "induction_score": induction_score(patterns, seq_len).max().item(),
                      "k_composition": composition_scores(model, "k").max().item(),
                      "icl_score": in_context_learning_score(loss_by_position(model, text), early, late)})
     return pd.DataFrame(rows)
 
 
 def phase_change_steps(measures: pd.DataFrame, fraction: float = JUMP_FRACTION) -> dict[str, int | None]:
-    """{measure: the step it jumps at} (`jump_step`) for the columns of `series_measures`: the induction score
-    and K-composition rise, the in-context-learning score falls."""
+    """{measure: the step it jumps at, or None} (`jump_step`) for the columns of `series_measures`: the
+    previous-token score, the induction score and K-composition rise, the in-context-learning score falls, each by at least MIN_JUMP[measure]."""
     rows = measures.to_dict("records")
-    return {"induction_score": jump_step(rows, "induction_score", fraction=fraction),
-            "k_composition": jump_step(rows, "k_composition", fraction=fraction),
-            "icl_score": jump_step(rows, "icl_score", decreasing=True, fraction=fraction)}
+    return {name: jump_step(rows, name, decreasing=name == "icl_score", fraction=fraction, min_change=MIN_JUMP[name])
+            for name in ("previous_token_score", "induction_score", "k_composition", "icl_score")}

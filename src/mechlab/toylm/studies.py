@@ -2,7 +2,7 @@
 (embed -> unembed) model and 1- and 2-layer attention-only transformers, all character-level on
 Tiny Shakespeare (`mechlab.toylm.data`), trained by the one loop on `NextTokenTask`.
 
-All three use "shortformer" positions (TransformerLens: positional embeddings enter only the
+All use "shortformer" positions (TransformerLens: positional embeddings enter only the
 queries and keys, never the residual stream) and no LayerNorm, as in Elhage et al.'s toy models: the
 residual stream holds token embeddings and head outputs only, so the 0-layer model is exactly the
 bigram table softmax(W_E W_U + b_U) and the attention-only circuits (OV, QK) read off the weights.
@@ -28,11 +28,13 @@ N_EVAL_WINDOWS, QUICK_EVAL_WINDOWS = 128, 8
 SAMPLE_CHARS = 1000  # characters of the validation text kept with each export (attention on real text)
 
 
-def toy_config(n_layers: int, n_heads: int = 4, n_ctx: int = 64, seed: int = 0) -> ModelConfig:
-    """An attention-only (d_mlp None) character model without LayerNorm, shortformer positions, 64 wide."""
-    return ModelConfig(n_layers=n_layers, n_heads=n_heads, d_model=64, d_head=16, d_mlp=None,
+def toy_config(n_layers: int, n_heads: int = 4, n_ctx: int = 64, seed: int = 0, d_model: int = 64,
+               positional_embedding_type: str = "shortformer") -> ModelConfig:
+    """An attention-only (d_mlp None) character model without LayerNorm, heads of 16 dimensions; by default
+    64 wide with shortformer positions."""
+    return ModelConfig(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_head=16, d_mlp=None,
                        d_vocab=len(SHAKESPEARE_VOCAB), n_ctx=n_ctx, normalization_type=None,
-                       positional_embedding_type="shortformer", vocab=SHAKESPEARE_VOCAB, seed=seed)
+                       positional_embedding_type=positional_embedding_type, vocab=SHAKESPEARE_VOCAB, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,23 @@ TOYLM_STUDIES: dict[str, ToyLMStudy] = {s.name: s for s in [
                batch_size=8, n_series=16,
                note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 256; 8 windows a step; "
                     "AdamW lr 2e-3, wd 0.1, 4,000 steps."),
+    # Probes for induction heads (scripts/probe_induction.py; measured numbers in its docstring): standard positions,
+    # 8 heads of 16 (d_model 128), lr 3e-3 formed none (induction score <= 0.03). lr 1e-2 without weight decay lowers
+    # the validation loss by 0.3 nats and, at context 256, grows a layer-0 previous-token head, but still no layer-1
+    # induction head; notebook 21 measures both runs' snapshot series.
+    ToyLMStudy("toylm_attn_only_2l_lr1e2", toy_config(2, n_ctx=128),
+               dataclasses.replace(TOY_TRAIN, max_steps=2000, lr=1e-2, weight_decay=0.0, checkpoint_every=100,
+                                   snapshot_every=100),
+               batch_size=16, n_series=12,
+               note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 128; 16 windows a step; "
+                    "AdamW lr 1e-2, no weight decay, 2,000 steps."),
+    # The same recipe at context 256 (8 windows a step), 3,000 steps, where more repeated words and names fall inside
+    # the window: notebook 21's 2-layer model.
+    ToyLMStudy("toylm_attn_only_2l_ctx256_lr1e2", toy_config(2, n_ctx=256),
+               dataclasses.replace(TOY_TRAIN, max_steps=3000, lr=1e-2, weight_decay=0.0, snapshot_every=250),
+               batch_size=8, n_series=12,
+               note="2 attention-only layers, 4 heads of 16 each, d_model 64, context 256; 8 windows a step; "
+                    "AdamW lr 1e-2, no weight decay, 3,000 steps."),
 ]}
 for _spec in TOYLM_STUDIES.values():
     register_study(_spec.study())
