@@ -1,17 +1,22 @@
 import hashlib
 
 import pytest
+import torch
 
 from mechlab.toylm.data import (
     DOWNLOAD_COMMAND,
     ENV_VAR,
     SHAKESPEARE_VOCAB,
+    VAL_FILE,
+    VAL_SHA256,
     CharCorpus,
     ShakespeareChecksumError,
     ShakespeareDataError,
+    decode,
     load_shakespeare,
     read_checked_text,
     shakespeare_path,
+    validation_tokens,
 )
 
 
@@ -55,3 +60,19 @@ def test_tiny_shakespeare_has_65_characters_and_nanogpts_split(shakespeare):
     assert shakespeare.vocab == SHAKESPEARE_VOCAB and shakespeare.d_vocab == 65
     assert (len(shakespeare.train), len(shakespeare.val)) == (1_003_854, 111_540)
     assert shakespeare.decode(shakespeare.train[:14]) == "First Citizen:"
+
+
+def test_without_the_file_the_validation_split_comes_from_the_copy_kept_with_an_export(tmp_path, repo_root):
+    missing = tmp_path / "no-shakespeare.txt"
+    kept = validation_tokens(repo_root / "checkpoints" / "shakespeare_char_seed0", path=missing)
+    assert len(kept) == 111_540 and decode(kept[:12], SHAKESPEARE_VOCAB) == "?\n\nGREMIO:\nG"
+    (tmp_path / VAL_FILE).write_text("an edited validation split")
+    with pytest.raises(ShakespeareChecksumError, match=VAL_SHA256[:12]):
+        validation_tokens(tmp_path, path=missing)
+    with pytest.raises(ShakespeareDataError, match="neither Tiny Shakespeare"):
+        validation_tokens(tmp_path / "empty", path=missing)
+
+
+def test_the_kept_validation_split_is_the_files(shakespeare, repo_root):
+    kept = validation_tokens(repo_root / "checkpoints" / "shakespeare_char_seed0", path="/no/such/file")
+    assert torch.equal(kept, shakespeare.val)

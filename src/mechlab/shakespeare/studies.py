@@ -32,7 +32,7 @@ from mechlab.core.io import write_json_atomic
 from mechlab.core.model import ModelConfig, load_checkpoint
 from mechlab.core.studies import QUICK_SERIES, Study, register_study
 from mechlab.core.train import TrainConfig
-from mechlab.toylm.data import SHAKESPEARE_VOCAB, load_shakespeare
+from mechlab.toylm.data import SHAKESPEARE_VOCAB, export_validation_text, load_shakespeare
 from mechlab.toylm.studies import ToyLMStudy, export_corpus
 from mechlab.toylm.task import next_token_loss, windows
 
@@ -99,6 +99,7 @@ def shakespeare_study(spec: ToyLMStudy) -> Study:
     the whole validation split (final_eval.json, `final_val_loss`) and the emergence series (`export_emergence`)."""
     def after_export(run_dir: Path, out_dir: Path, quick: bool) -> None:
         export_corpus(out_dir)
+        export_validation_text(out_dir)
         write_json_atomic(Path(out_dir) / "final_eval.json", {"full_val_loss": final_val_loss(spec, out_dir)})
         from mechlab.shakespeare.findings import export_emergence
         export_emergence(spec, run_dir, out_dir, QUICK_SERIES if quick else EMERGENCE_POINTS)

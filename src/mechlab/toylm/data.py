@@ -7,6 +7,10 @@ Where the file is read from, first match wins:
     3. `<repo root>/../shared/data/tinyshakespeare.txt` (the main checkout's layout:
        /work/main -> /work/shared/data/tinyshakespeare.txt).
 A missing file or one whose hash differs raises a `ShakespeareDataError` naming DOWNLOAD_COMMAND.
+
+The validation split alone (111,540 characters) is also kept beside each Shakespeare GPT export
+(`VAL_FILE`, checked against `VAL_SHA256`), so notebook 22 runs on a machine without the file
+(`validation_tokens`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mechlab.core.io import ChecksumMismatchError
+from mechlab.core.io import ChecksumMismatchError, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ENV_VAR = "MECHLAB_SHAKESPEARE"
@@ -25,6 +29,8 @@ DEFAULT_PATH = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 N_CHARS = 1_115_394
 TRAIN_FRACTION = 0.9  # nanoGPT's data/shakespeare_char/prepare.py
+VAL_FILE = "val.txt"  # the validation split's text, beside an export (`export_validation_text`)
+VAL_SHA256 = "c54f3753a4e6e3c3d1759212815a7caf826e68a33021b25312984400bed40a1f"
 DOWNLOAD_COMMAND = "wget https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
@@ -102,6 +108,25 @@ def decode(ids: torch.Tensor | list[int], vocab: tuple[str, ...]) -> str:
 def load_shakespeare(path: Path | str | None = None) -> CharCorpus:
     """Tiny Shakespeare (checked by hash), encoded with its 65 characters and split as nanoGPT does."""
     return CharCorpus.from_text(read_checked_text(shakespeare_path(path)))
+
+
+def export_validation_text(out_dir: Path, path: Path | str | None = None) -> Path:
+    """Write the validation split's text to out_dir/VAL_FILE (from the checked Shakespeare file)."""
+    corpus = load_shakespeare(path)
+    write_text_atomic(Path(out_dir) / VAL_FILE, corpus.decode(corpus.val))
+    return Path(out_dir) / VAL_FILE
+
+
+def validation_tokens(export_dir: Path | str, path: Path | str | None = None) -> torch.Tensor:
+    """(n_val,) token ids of nanoGPT's validation split: from the Shakespeare file when it is there,
+    else from `export_dir`/VAL_FILE checked against VAL_SHA256 (ShakespeareDataError when neither is)."""
+    if shakespeare_path(path).is_file():
+        return load_shakespeare(path).val
+    kept = Path(export_dir) / VAL_FILE
+    if not kept.is_file():
+        raise ShakespeareDataError(f"neither Tiny Shakespeare ({shakespeare_path(path)}) nor {kept} exists: "
+                                   f"{how_to_get_it(shakespeare_path(path))}")
+    return encode(read_checked_text(kept, VAL_SHA256), SHAKESPEARE_VOCAB)
 
 
 # The 65 characters of Tiny Shakespeare, sorted (token id = index): sorted(set(text)) of the checked file, written
