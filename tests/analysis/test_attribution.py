@@ -117,6 +117,22 @@ def test_logit_lens_top_predictions_and_a_model_without_layernorm(tiny_config):
     assert torch.equal(lens.top[:, -1, 0], logits.argmax(-1)) and lens.top_is_correct[:, -1].all()
 
 
+def test_dla_of_an_attention_only_model_with_positions_outside_the_stream_adds_up(tiny_config):
+    import dataclasses
+
+    from mechlab.core.model import build_model
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config, d_mlp=None, normalization_type=None, positional_embedding_type="shortformer")
+    model = build_model(config, device="cpu")
+    tokens = torch.randint(0, config.d_vocab, (3, 6))
+    targets = torch.randint(0, config.d_vocab, (3, 6))
+    dla = direct_logit_attribution(model, tokens, range(6), targets)
+    assert dla.labels == ["embed", "L0H0", "L0H1", "L1H0", "L1H1", "attn_bias"]  # no pos_embed, no MLPs
+    recon = dla.correct.sum(1) + dla.constant_correct
+    assert torch.allclose(recon, dla.logits.gather(-1, targets[..., None])[..., 0], atol=1e-5)
+
+
 def hand_made_lens() -> LogitLensResult:
     """4 rows, 3 points, 2 positions; row 3 has no second position."""
     top = torch.tensor([[[0, 0], [1, 0], [1, 1]],

@@ -51,7 +51,7 @@ def top_other(logits: torch.Tensor, target: torch.Tensor, candidate_ids: torch.T
 
 @dataclass
 class DLAResult:
-    labels: list[str]           # component names: embed, pos_embed, L0H0 ..., attn_bias, MLP0 ...
+    labels: list[str]           # component names: embed, pos_embed (if in the stream), L0H0 ..., attn_bias, MLP0 ...
     correct: torch.Tensor       # [n, n_components, k] contribution to the target's logit
     wrong: torch.Tensor         # [n, n_components, k] ... to the top wrong token's logit
     constant_correct: torch.Tensor  # [n, k] LayerNorm bias + unembedding bias terms
@@ -126,11 +126,16 @@ def direct_logit_attribution(model, tokens: torch.Tensor, positions: Sequence[in
                                                   return_labels=True)
         b_O = sum(model.blocks[l].attn.b_O for l in range(n_layers)).expand(1, *heads.shape[1:-1], -1)
         bias = cache.apply_ln_to_stack(b_O.clone(), layer=-1, pos_slice=pos_slice)
-        # rest = [embed, pos_embed, mlp_out 0, ...]
-        stack = torch.cat([rest[:2], heads, bias, rest[2:]])  # [n_components, n, k, d_model]
+        # rest = [embed, pos_embed (absent when positions enter only queries and keys), mlp_out 0, ... (absent
+        # in an attention-only model)]
+        if "pos_embed" in rest_labels and model.cfg.positional_embedding_type != "standard":  # not in the stream
+            keep = [i for i, label in enumerate(rest_labels) if label != "pos_embed"]
+            rest, rest_labels = rest[keep], [rest_labels[i] for i in keep]
+        n_embeds = sum(not label.endswith("mlp_out") for label in rest_labels)
+        stack = torch.cat([rest[:n_embeds], heads, bias, rest[n_embeds:]])  # [n_components, n, k, d_model]
         if labels is None:
-            labels = ["embed", "pos_embed"] + head_labels + ["attn_bias"] + [f"MLP{l}" for l in range(n_layers)]
-            assert len(rest_labels) == 2 + n_layers
+            labels = (list(rest_labels[:n_embeds]) + head_labels + ["attn_bias"]
+                      + [f"MLP{l}" for l in range(len(rest_labels) - n_embeds)])
         for ids, key, ckey in ((cid, "correct", "cc"), (wid, "wrong", "cw")):
             dirs, const = _unembed_dirs(model, ids)  # [n, k, d], [n, k]
             parts[key].append(torch.einsum("cnkd,nkd->nck", stack, dirs).cpu())
