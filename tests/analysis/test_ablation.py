@@ -25,7 +25,7 @@ from mechlab.analysis.ablation import (
     reference_activations,
 )
 from mechlab.arithmetic.data import bucket_of
-from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
+from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, evaluate_split, greedy_answers
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 
 
@@ -143,17 +143,22 @@ def test_resample_is_the_same_on_every_call(tiny_model, data):
     assert other_seed["ablated_loss"] != a["ablated_loss"]  # the seed picks the draws
 
 
+def decoded_exact(model, split: ArithmeticSplit) -> dict[str, float]:
+    """Exact match of every row decoded token by token (greedy), as a score."""
+    decoded = [TOKENIZER.decode_answer(ids) for ids in greedy_answers(model, split.prompts)]
+    return {"ablated_exact": sum(d == r["answer"] for d, r in zip(decoded, split.rows)) / len(split)}
+
+
 def test_teacher_forced_and_greedy_exact_match_agree_under_ablation(gated, data):
     test, ref_split = data
     ref = reference_activations(gated.base, ref_split.tokens[:, :MODEL_INPUT_LEN])
     expected = sum((r["a"] + r["b"]) % 3 != 0 for r in test.rows) / len(test)
+    both = (partial(evaluate_split, split=test, prefix="ablated"), partial(decoded_exact, split=test))
     for components, exact in (([Component("mlp", 0)], expected), ([Component("mlp", 1)], expected), ([], expected)):
         for method in ("resample", "mean"):
-            scores = [evaluate_ablated(gated, partial(evaluate_split, split=test, prefix="ablated", greedy=greedy),
-                                       components, method, ref, seed=3)["ablated_exact"] for greedy in (False, True)]
+            scores = [evaluate_ablated(gated, score, components, method, ref, seed=3)["ablated_exact"] for score in both]
             assert scores == [pytest.approx(exact)] * 2
-    silenced = [evaluate_ablated(gated, partial(evaluate_split, split=test, prefix="ablated", greedy=greedy),
-                                 [Component("mlp", 1)], "zero")["ablated_exact"] for greedy in (False, True)]
+    silenced = [evaluate_ablated(gated, score, [Component("mlp", 1)], "zero")["ablated_exact"] for score in both]
     assert silenced == [0.0, 0.0] and 0.5 < expected < 0.9
 
 

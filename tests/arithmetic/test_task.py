@@ -1,9 +1,17 @@
 """The arithmetic task's scoring, checked on a model whose answers are known (an oracle that is
 right, or wrong on a chosen set of rows), so broken scoring fails these tests."""
 import pytest
+import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, exact_match, greedy_answers
+from mechlab.arithmetic.task import (
+    TOKENIZER,
+    ArithmeticSplit,
+    evaluate_split,
+    exact_match,
+    greedy_answers,
+    predicted_answers,
+)
 
 
 def split_of(pairs, m=113):
@@ -17,10 +25,9 @@ def test_a_perfect_model_scores_one_greedy_and_teacher_forced(arithmetic_oracle)
     split = split_of(PAIRS)
     oracle = arithmetic_oracle()
     assert exact_match(oracle, split).all()
-    for greedy in (False, True):
-        metrics = evaluate_split(oracle, split, "test", greedy=greedy)
-        assert metrics["test_exact"] == 1.0
-        assert all(v == 1.0 for k, v in metrics.items() if k.startswith("test_exact/"))
+    metrics = evaluate_split(oracle, split, "test")
+    assert metrics["test_exact"] == 1.0
+    assert all(v == 1.0 for k, v in metrics.items() if k.startswith("test_exact/"))
 
 
 def test_exact_match_counts_exactly_the_rows_a_model_gets_wrong(arithmetic_oracle):
@@ -34,16 +41,18 @@ def test_exact_match_counts_exactly_the_rows_a_model_gets_wrong(arithmetic_oracl
 def test_teacher_forced_exact_match_equals_greedy_decoding_on_a_model_that_is_partly_right(arithmetic_oracle):
     split = split_of(PAIRS + [(a, 3 * a % 1000) for a in range(20, 60)])
     oracle = arithmetic_oracle(wrong=lambda a, b, m: (a + b) % 3 == 0)
-    teacher_forced = evaluate_split(oracle, split, "x")
-    greedy = evaluate_split(oracle, split, "x", greedy=True)
-    assert 0.3 < greedy["x_exact"] < 0.9  # neither all right nor all wrong: the comparison means something
-    assert teacher_forced == pytest.approx(greedy)
+    decoded = [TOKENIZER.decode_answer(ids) for ids in greedy_answers(oracle, split.prompts)]  # every row, token by token
+    greedy_right = torch.tensor([d == r["answer"] for d, r in zip(decoded, split.rows)])
+    assert 0.3 < greedy_right.float().mean() < 0.9  # neither all right nor all wrong: the comparison means something
+    assert torch.equal(exact_match(oracle, split), greedy_right)
+    assert evaluate_split(oracle, split, "x")["x_exact"] == pytest.approx(greedy_right.float().mean().item())
+    assert predicted_answers(oracle, split) == decoded  # only the wrong rows were decoded
 
 
 def test_per_bucket_exact_match_is_the_mean_over_that_bucket(arithmetic_oracle):
     split = split_of(PAIRS)
     oracle = arithmetic_oracle(wrong=lambda a, b, m: bucket_of(a, b, m) == "large_wrap")
-    metrics = evaluate_split(oracle, split, "test", greedy=True)
+    metrics = evaluate_split(oracle, split, "test")
     buckets = [row["bucket"] for row in split.rows]
     assert metrics["test_exact/large_wrap"] == 0.0
     assert metrics["test_exact"] == pytest.approx(1 - buckets.count("large_wrap") / len(buckets))

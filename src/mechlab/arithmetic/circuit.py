@@ -35,7 +35,7 @@ import torch
 from mechlab.analysis.ablation import BACKUP_EXCESS, CRITICAL_DROP, Component
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
 from mechlab.arithmetic.roles import ROLES, role_ids
-from mechlab.arithmetic.task import EVAL_BATCH, ArithmeticSplit, answer_logits, teacher_forced_exact
+from mechlab.arithmetic.task import ArithmeticSplit, exact_match
 from mechlab.arithmetic.tokenizer import EQUALS_POS
 
 CHOICE_DROP = CRITICAL_DROP  # 0.10 exact-match drop under mean ablation
@@ -116,14 +116,10 @@ def split_seen(rows: Sequence[dict], seen: Sequence[dict]) -> tuple[list[dict], 
     return ([r for r in rows if (r["a"], r["b"], r["m"]) in keys], [r for r in rows if (r["a"], r["b"], r["m"]) not in keys])
 
 
-@torch.no_grad()
-def row_correct(model, split: ArithmeticSplit, hooks: Sequence = (), batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """[n] bool: teacher-forced exact match per row (equal to greedy decoding's), under `hooks`."""
-    out, device = [], next(model.parameters()).device
+def row_correct(model, split: ArithmeticSplit, hooks: Sequence = ()) -> torch.Tensor:
+    """[n] bool: exact match per row (`task.exact_match`, equal to greedy decoding's) under `hooks`."""
     with model.hooks(fwd_hooks=list(hooks)) if hooks else contextlib.nullcontext():
-        for tokens, answers in zip(split.tokens.split(batch_size), split.answers.split(batch_size)):
-            out.append(teacher_forced_exact(answer_logits(model, tokens.to(device)), answers.to(device)).cpu())
-    return torch.cat(out)
+        return exact_match(model, split)
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.task import EVAL_BATCH, ArithmeticSplit, answer_logits, predicted_answers, teacher_forced_exact
-from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN
+from mechlab.arithmetic.task import ArithmeticSplit, predicted_answers
+from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
 
 OTHER_MODULI = (97, 113, 127)  # the training modulus and the moduli of the OOD sets
 CATEGORIES = ("correct", "other modulus", "wrap count", "one digit wrong", "digit dropped or added",
@@ -92,24 +92,9 @@ def shuffled_answers(answers: Sequence[str], seed: int = 0) -> list[str]:
     return shuffled
 
 
-@torch.no_grad()
-def model_answers(model: torch.nn.Module, rows: Sequence[dict], batch_size: int = EVAL_BATCH) -> list[str]:
-    """The greedily generated answer to each data row's prompt (`task.predicted_answers`).
-
-    Rows the model gets exactly right by one teacher-forced pass (`task.teacher_forced_exact`,
-    equal to greedy exact match) keep their true answer; only the others are decoded token by
-    token, which makes a mostly-right set about four times cheaper."""
-    split = ArithmeticSplit.from_rows(list(rows))
-    device = next(model.parameters()).device
-    right = torch.cat([teacher_forced_exact(answer_logits(model, t.to(device)), t[:, ANSWER_START:].to(device)).cpu()
-                       for t in split.tokens.split(batch_size)])
-    answers = [r["answer"] for r in split.rows]
-    wrong = (~right).nonzero().flatten().tolist()
-    if wrong:
-        decoded = predicted_answers(model, ArithmeticSplit(rows=[split.rows[i] for i in wrong], tokens=split.tokens[wrong]))
-        for i, answer in zip(wrong, decoded):
-            answers[i] = answer
-    return answers
+def model_answers(model: torch.nn.Module, rows: Sequence[dict]) -> list[str]:
+    """The greedily generated answer to each data row's prompt (`task.predicted_answers`)."""
+    return predicted_answers(model, ArithmeticSplit.from_rows(list(rows)))
 
 
 def with_modulus(rows: Sequence[dict], m: int) -> list[dict]:

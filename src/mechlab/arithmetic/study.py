@@ -157,7 +157,7 @@ def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] 
                         limit: int | None = None) -> dict[str, dict[str, float]]:
     """Greedy exact match (and loss) of a saved model on each named data set."""
     model = load_checkpoint(checkpoint, expected=main_model_config())
-    return {name: evaluate_split(model, ArithmeticSplit.load(data_dir, name, limit), name, greedy=True) for name in sets}
+    return {name: evaluate_split(model, ArithmeticSplit.load(data_dir, name, limit), name) for name in sets}
 
 
 def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:
