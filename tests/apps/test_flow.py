@@ -45,11 +45,15 @@ def test_head_captions_and_first_confident_point(main_run):
     assert first_confident_point(run, threshold=1.1) is None
 
 
-def test_can_write_gif_says_whether_pillow_is_there(monkeypatch):
+def test_a_gif_needs_pillow_and_a_browser(monkeypatch, tmp_path):
     import importlib.util
 
     from mechlab.apps import flow
+    from mechlab.core.plotting import find_browser
 
-    assert flow.can_write_gif() == (importlib.util.find_spec("PIL") is not None)
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert flow.can_write_gif() == (importlib.util.find_spec("PIL") is not None and find_browser() is not None)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))  # no browser: kaleido could not draw the frames
+    assert flow.can_write_gif() is False
+    monkeypatch.delenv("BROWSER_PATH")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no Pillow
     assert flow.can_write_gif() is False

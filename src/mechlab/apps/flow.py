@@ -22,7 +22,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mechlab.apps.explore import ExplorerModel, Run, token_labels
-from mechlab.core.plotting import SEQUENTIAL_SCALE, TEMPLATE
+from mechlab.core.io import write_bytes_atomic
+from mechlab.core.plotting import SEQUENTIAL_SCALE, TEMPLATE, find_browser
 
 
 def head_captions(table: pd.DataFrame, n_layers: int, n_heads: int) -> list[str]:
@@ -107,16 +108,18 @@ def frame_figure(fig: go.Figure, index: int) -> go.Figure:
 
 
 def can_write_gif() -> bool:
-    """Whether Pillow (from the `explorer` extra; not a core dependency) is there to join the frames."""
-    return importlib.util.find_spec("PIL") is not None
+    """Whether a GIF can be written: Pillow (from the `explorer` extra; not a core dependency) joins
+    the frames, and kaleido needs Chrome/Chromium to draw them (`core.plotting.find_browser`)."""
+    return importlib.util.find_spec("PIL") is not None and find_browser() is not None
 
 
 def save_gif(fig: go.Figure, path: Path, seconds_per_frame: float = 6.0, width: int = 1200, height: int = 520) -> Path:
-    """Every frame of `fig` drawn by kaleido and joined into a looping GIF at `path`."""
+    """Every frame of `fig` drawn by kaleido and joined into a looping GIF at `path` (written atomically)."""
     from PIL import Image  # Pillow comes with the explorer extra (gradio)
 
     images = [Image.open(io.BytesIO(frame_figure(fig, i).to_image(format="png", width=width, height=height))).convert("RGB")
               for i in range(len(fig.frames))]
-    path = Path(path)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
-    return path
+    gif = io.BytesIO()
+    images[0].save(gif, format="GIF", save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
+    write_bytes_atomic(Path(path), gif.getvalue())
+    return Path(path)
