@@ -30,7 +30,7 @@ import torch
 
 import mechlab.shakespeare.studies  # noqa: F401  (registers the studies)
 from mechlab.bench.training import machine_info
-from mechlab.core.io import write_json_atomic
+from mechlab.core.io import load_torch_dict, write_json_atomic
 from mechlab.core.model import build, load_checkpoint
 from mechlab.core.studies import get_study
 from mechlab.core.train import train
@@ -88,7 +88,7 @@ def run_record(name: str, fresh: bool) -> dict:
             result = study.train(Path(run_dir), progress=False)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
             model = build(study.model_config, "cpu")
-            model.load_state_dict(torch.load(Path(run_dir) / "last.pt", weights_only=True)["state_dict"])
+            model.load_state_dict(load_torch_dict(Path(run_dir) / "last.pt", "training checkpoint")["state_dict"])
         final, steps, source = result.history[-1], result.steps, "fresh run"
         extra = {"cpu_seconds": cpu_seconds}
     else:
