@@ -137,10 +137,11 @@ def test_stable_svg_ids_replace_plotly_random_id_everywhere():
           '<g id="topdefs-ab12cd"/><path clip-path="url(#legendab12cd)"/>' \
           '<g class="trace scatter trace89478a"/><g class="trace scatter trace640c25"/><g class="trace89478a"/>' \
           '<g clip-path="url(#clipab12cd_scrollAreaBottomClip_9c0ffetrue)"/>' \
-          '<g clip-path="url(#clipab12cd_columnBoundaryClippath_9c0ffetrue_0)"/>'  # a go.Table's own id
+          '<g clip-path="url(#clipab12cd_columnBoundaryClippath_9c0ffetrue_0)"/>' \
+          '<g class="cbc616af colorbar"/><stop id="gab12cd-cbc616af"/><g class="ycbc616aftick"/>'  # a go.Heatmap's colorbar
     stable = plotting._stable_svg_ids(svg, "fig")
-    assert not any(uid in stable for uid in ("ab12cd", "89478a", "640c25", "9c0ffe"))
+    assert not any(uid in stable for uid in ("ab12cd", "89478a", "640c25", "9c0ffe", "c616af"))
     other_run = svg.replace("ab12cd", "ff00ee").replace("89478a", "123abc").replace("640c25", "def456") \
-        .replace("9c0ffe", "31c4a0")
+        .replace("9c0ffe", "31c4a0").replace("c616af", "2420fc")
     assert stable == plotting._stable_svg_ids(other_run, "fig")
     assert len(set(re.findall(r"trace([0-9a-f]{6})", stable))) == 2  # two traces stay two

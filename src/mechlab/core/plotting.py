@@ -186,13 +186,13 @@ def find_browser() -> str | None:
 
 def _stable_svg_ids(svg: str, name: str) -> str:
     """Replace the random ids plotly writes into an SVG (defs-<id>, clip<id>..., legend<id>,
-    g<id>-... gradients, a table's scrollAreaBottomClip_<id> and columnBoundaryClippath_<id>, and one
-    trace<id> class per trace) with ids derived from `name` and their
-    order of appearance, so the same figure always gives the same bytes."""
+    g<id>-... gradients, a trace colorbar's cb<id>, a table's scrollAreaBottomClip_<id> and
+    columnBoundaryClippath_<id>, and one trace<id> class per trace) with ids derived from `name`
+    and their order of appearance, so the same figure always gives the same bytes."""
     def stable(key: str, length: int) -> str:
         return hashlib.sha256(f"{name}:{key}".encode()).hexdigest()[:length]
 
-    uids = dict.fromkeys(re.findall(r'(?:id="(?:clip|defs-|topdefs-|legend|g)|'
+    uids = dict.fromkeys(re.findall(r'(?:id="(?:clip|defs-|topdefs-|legend|g)|class="cb|'
                                     r'(?:scrollAreaBottomClip|columnBoundaryClippath)_)([0-9a-f]{6})', svg))
     for i, uid in enumerate(uids):
         svg = re.sub(rf"(?<!#){uid}(?![0-9a-f])", stable(f"id{i}", 6), svg)  # not a colour #rrggbb
