@@ -70,6 +70,10 @@ class TrainConfig:
     stop_value: float = 1.0
     stop_patience: int = 1  # ... at this many consecutive evaluations
     seed: int = 0
+    # How the steps run. "bfloat16" runs the training forward pass under autocast (matmuls in bfloat16,
+    # weights and optimizer state in float32); evaluations stay in float32.
+    precision: str = "float32"
+    compile: bool = False  # torch.compile the training loss (the first steps pay for the compilation)
 
     def __post_init__(self) -> None:
         """Refuse a recipe that cannot run, before anything is written."""
@@ -89,6 +93,7 @@ class TrainConfig:
             (self.early_stopping_patience is not None and self.early_stopping_patience < 1,
              f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}"),
             (self.stop_patience < 1, f"stop_patience must be >= 1, got {self.stop_patience}"),
+            (self.precision not in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
         ] if bad]
         if problems:
             raise InvalidRecipeError("invalid TrainConfig: " + "; ".join(problems))
@@ -109,8 +114,10 @@ class Task(Protocol):
 
 
 SCHEDULES = ("cosine", "constant")
-# A resumed run may change these (extend the run, re-aim the decay); any other change is refused.
-SCHEDULE_FIELDS = ("max_steps", "decay_steps")
+PRECISIONS = ("float32", "bfloat16")
+# A resumed run may change these (extend the run, re-aim the decay, compile or not); any other change
+# is refused.
+RESUMABLE_CHANGES = ("max_steps", "decay_steps", "compile")
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -139,7 +146,20 @@ def grad_norms_by_module(model: torch.nn.Module) -> dict[str, float]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    """AdamW; on a GPU the fused kernel (one launch for all parameters), on the CPU torch's default, so a
+    CPU run reproduces the committed checkpoints bit for bit."""
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=True if on_gpu else None)
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the gradient's L2 norm to `max_norm`. A model holding several independent models (an
+    `Ensemble`) clips each member's gradient on its own, through its `clip_grad_norm_` method."""
+    if hasattr(model, "clip_grad_norm_"):
+        model.clip_grad_norm_(max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
 @dataclass
@@ -206,6 +226,11 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
 
     device = next(model.parameters()).device
     model.train()
+    step_loss = torch.compile(task.loss) if cfg.compile else task.loss
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+    # The running loss stays on the device (float64, summed in the same order as a resumed run would):
+    # reading it every step would make the host wait for the device at every step.
+    state["loss_sum"] = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
     snapshot_every = cfg.snapshot_every or cfg.checkpoint_every
     step, history = state["step"], state["history"]
     stopped_because = "max_steps"
@@ -218,22 +243,26 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with torch.enable_grad():  # also when a notebook has switched gradients off globally
-            loss = task.loss(model, _to_device(task.batch(step), device))
+            with autocast:
+                loss = step_loss(model, _to_device(task.batch(step), device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         step += 1
         is_eval_step = step % cfg.eval_every == 0 or step == cfg.max_steps
         grad_norms = grad_norms_by_module(model) if is_eval_step else {}
         if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            clip_gradients(model, cfg.grad_clip)
         optimizer.step()
-        state["loss_sum"], state["loss_count"] = state["loss_sum"] + loss.item(), state["loss_count"] + 1
+        state["loss_sum"] += loss.detach().double()
+        state["loss_count"] += 1
 
         if is_eval_step:
-            row = {"step": step, "lr": learning_rate(cfg, step - 1), "train_loss": state["loss_sum"] / state["loss_count"],
+            row = {"step": step, "lr": learning_rate(cfg, step - 1),
+                   "train_loss": state["loss_sum"].item() / state["loss_count"],
                    "seconds": time.perf_counter() - start, **_evaluate(model, task), **grad_norms}
             history.append(row)
-            state["loss_sum"], state["loss_count"] = 0.0, 0
+            state["loss_sum"].zero_()
+            state["loss_count"] = 0
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("train_loss", "val_loss", cfg.stop_metric)})
             stopped_because = _stop_rule(cfg, row, state)
         finished = stopped_because != "max_steps" or step == cfg.max_steps
@@ -277,7 +306,7 @@ def _stop_rule(cfg: TrainConfig, row: dict[str, float], state: dict) -> str:
 
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
         return type(batch)(_to_device(b, device) for b in batch)
     if isinstance(batch, dict):
@@ -297,7 +326,8 @@ def _save_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
         torch_save_atomic(run_dir / f"step_{step:06d}.pt", {"step": step, "state_dict": weights})
     if (run_dir / "last.pt").exists():
         move_file(run_dir / "last.pt", run_dir / "previous.pt")
-    torch_save_atomic(run_dir / "last.pt", {**{k: state[k] for k in STATE_KEYS}, "state_dict": weights,
+    saved = {k: state[k] for k in STATE_KEYS} | {"loss_sum": float(state["loss_sum"])}
+    torch_save_atomic(run_dir / "last.pt", {**saved, "state_dict": weights,
                                              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                                              "train_config": cfg.to_json()})
     write_json_atomic(run_dir / "metrics.json", state["history"])
@@ -332,11 +362,12 @@ def _load_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     else:
         raise FileNotFoundError(f"{path} records no TrainConfig and {run_dir / 'train_config.json'} is missing")
     new_cfg = json.loads(json.dumps(cfg.to_json()))
+    saved_cfg = {**json.loads(json.dumps(TrainConfig(max_steps=1).to_json())), **saved_cfg}  # fields added since
     changed = [f"{k}: run has {saved_cfg.get(k)!r}, asked for {new_cfg.get(k)!r}" for k in sorted(new_cfg)
-               if k not in SCHEDULE_FIELDS and json.loads(json.dumps(saved_cfg.get(k))) != new_cfg[k]]
+               if k not in RESUMABLE_CHANGES and json.loads(json.dumps(saved_cfg.get(k))) != new_cfg[k]]
     if changed:
         raise RunMismatchError(f"{run_dir} holds a run with another TrainConfig ({'; '.join(changed)}); only "
-                         f"{', '.join(SCHEDULE_FIELDS)} may change on resume: use a new run directory")
+                         f"{', '.join(RESUMABLE_CHANGES)} may change on resume: use a new run directory")
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"])
