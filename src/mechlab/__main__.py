@@ -1,6 +1,7 @@
 """The one command line: train, export and evaluate any registered study.
 
     python -m mechlab <study> train    [--quick] [--run-dir runs/<study>] [--threads N]   # resumes if interrupted
+                                       [--set FIELD=VALUE ...]   # change recipe fields (TrainConfig)
     python -m mechlab <study> export   [--quick] [--run-dir runs/<study>] [--out <export dir>]
     python -m mechlab <study> evaluate [--out <export dir>] [--limit N] [--save]
     python -m mechlab main sweep [--variant NAME ...] [--out checkpoints/main]   # notebook 01's recipe variants
@@ -20,6 +21,7 @@ of another recipe, an invalid recipe) end with one line naming what is wrong, no
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -35,7 +37,7 @@ from mechlab.arithmetic.tokenizer import TokenizerError
 from mechlab.core.io import CheckpointFileError, ChecksumMismatchError, write_json_atomic
 from mechlab.core.model import CheckpointMismatchError
 from mechlab.core.studies import STUDIES, get_study
-from mechlab.core.train import InvalidRecipeError, RunMismatchError
+from mechlab.core.train import InvalidRecipeError, RunMismatchError, TrainConfig
 
 # Errors that mean "the input is wrong", not "the code is wrong": reported in one line.
 USER_ERRORS = (data.DataError, TokenizerError, CheckpointFileError, ChecksumMismatchError, CheckpointMismatchError,
@@ -55,6 +57,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def recipe_change(text: str) -> tuple[str, object]:
+    """argparse type: FIELD=VALUE for a TrainConfig field, VALUE parsed as JSON (2e-3, true, null,
+    [0.9, 0.95]) or else kept as text (bfloat16)."""
+    field, sep, value = text.partition("=")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not sep or field not in fields:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}, "
+                                         f"got {text!r}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return field, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mechlab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--decay-steps", type=int, help="re-aim the cosine decay's end (constant floor after it)")
     main.add_argument("--min-lr-frac", type=float, help="override the cosine's floor (fraction of the peak lr)")
     main.add_argument("--stop-after-steps", type=positive_int, help="pause the run at this step")
+    p.add_argument("--set", nargs="+", metavar="FIELD=VALUE", default=[], type=recipe_change,
+                   help="train: change recipe fields, e.g. --set lr=2e-3 precision=bfloat16 compile=true")
+    main.add_argument("--batch-size", type=positive_int, help="examples per step (default 128)")
     main.add_argument("--length-balance", type=float, help="draw rare digit layouts more often (0-1)")
     main.add_argument("--rebalance-from", type=int, help="... from this step on")
     main.add_argument("--variant", nargs="*", default=list(main_study.RECIPE_VARIANTS),
@@ -104,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         result = study.train(args.run_dir, args.quick, progress=sys.stderr.isatty(),
                              stop_after_steps=args.stop_after_steps,
-                             recipe_changes=given(args, "max_steps", "decay_steps", "min_lr_frac"),
-                             **given(args, "data_dir", "length_balance", "rebalance_from"))
+                             recipe_changes=given(args, "max_steps", "decay_steps", "min_lr_frac") | dict(args.set),
+                             **given(args, "data_dir", "length_balance", "rebalance_from", "batch_size"))
         print(f"stopped after {result.steps} steps ({result.seconds / 60:.1f} min): {result.stopped_because}")
     elif args.command == "export":
         print(f"exported {study.export(args.run_dir, out, args.quick)}")
