@@ -3,7 +3,7 @@ import torch
 from mechlab.core.model import build_model
 from mechlab.core.train import TrainConfig, train
 from mechlab.toylm.studies import toy_config
-from mechlab.toylm.task import NextTokenTask, per_token_loss, window_starts, windows
+from mechlab.toylm.task import NextTokenTask, window_starts, windows
 
 
 def test_windows_are_consecutive_tokens_from_evenly_spaced_starts():
@@ -30,11 +30,3 @@ def test_the_one_training_loop_learns_a_periodic_text():
     before = task.evaluate(model)["val_loss"]
     result = train(model, task, TrainConfig(max_steps=60, lr=1e-2, eval_every=60, checkpoint_every=60), progress=False)
     assert before > 3.0 and result.history[-1]["val_loss"] < 0.2
-
-
-def test_per_token_loss_is_the_loss_of_each_next_token():
-    model = build_model(toy_config(1, n_heads=1), "cpu")
-    tokens = torch.randint(0, 65, (2, 10))
-    losses = per_token_loss(model, tokens)
-    assert losses.shape == (2, 9)
-    torch.testing.assert_close(losses.mean(), model(tokens, return_type="loss"))

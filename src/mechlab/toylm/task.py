@@ -26,12 +26,6 @@ def next_token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
-def per_token_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """(batch, pos - 1) cross-entropy of each next token given the tokens before it; tokens (batch, pos)."""
-    logits = model(tokens)[:, :-1]
-    return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
-
-
 class NextTokenTask:
     """`train.Task`: windows of n_ctx + 1 tokens drawn uniformly from `train`.
 
