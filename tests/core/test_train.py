@@ -189,3 +189,36 @@ def test_two_processes_training_the_main_model_end_with_identical_weights():
     hashes = [run.communicate(timeout=600)[0].strip() for run in runs]
     assert all(run.returncode == 0 for run in runs)
     assert hashes[0] == hashes[1]
+
+
+def test_bfloat16_steps_train_a_float32_model_close_to_the_float32_run(tiny_task):
+    full, half = build_model(TINY, device="cpu"), build_model(TINY, device="cpu")
+    train(full, tiny_task, tiny_train_config(), progress=False)
+    result = train(half, tiny_task, tiny_train_config(precision="bfloat16"), progress=False)
+    assert all(p.dtype == torch.float32 for p in half.parameters())  # autocast: only the matmuls run in bfloat16
+    drift = max((p - q).abs().max().item() for p, q in zip(full.parameters(), half.parameters()))
+    assert 0 < drift < 0.05  # not the same run, but the same trajectory
+    assert result.history[-1]["val_loss"] == pytest.approx(train_loss_of(full, tiny_task), rel=0.1)
+
+
+def train_loss_of(model: torch.nn.Module, task) -> float:
+    model.eval()
+    with torch.no_grad():
+        return task.evaluate(model)["val_loss"]
+
+
+def test_a_run_resumed_with_compilation_switched_on_follows_the_eager_run(tiny_task, tmp_path):
+    eager = train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(max_steps=20), progress=False)
+    train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(max_steps=10), tmp_path, progress=False)
+    compiled = train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(max_steps=20, compile=True), tmp_path,
+                     progress=False)  # `compile` may change on resume: it changes how the steps run, not the recipe
+    assert compiled.steps == 20
+    # Fused kernels sum in another order, and Adam's first steps amplify the difference (an update is about
+    # lr * sign(gradient) while the second moment is small), so the runs agree closely, not bit for bit.
+    for metric in ("train_loss", "val_loss"):
+        assert compiled.history[-1][metric] == pytest.approx(eager.history[-1][metric], rel=0.05)
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_train_config(precision="float8")
