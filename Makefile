@@ -9,7 +9,7 @@
 #   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
 #                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
 #                       toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2, toylm_attn_only_2l_ctx256_lr1e2,
-#                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU):
+#                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU; grokking_published_seed999/0/1):
 #                       reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
@@ -53,7 +53,8 @@ CHECKPOINTS := $(shell find checkpoints -type f ! -name '.*' 2>/dev/null | sort)
 STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three_layer_wd01 \
            toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256 \
            toylm_attn_only_2l_lr1e2 toylm_attn_only_2l_ctx256_lr1e2 \
-           shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu
+           shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu \
+           grokking_published_seed999 grokking_published_seed0 grokking_published_seed1
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
