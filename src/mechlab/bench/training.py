@@ -3,7 +3,8 @@
     python -m mechlab.bench.training [--steps 30] [--batch-size 256] [--out figures/bench_training.json]
 
 Prints the machine, the measured fp32 matmul peak, training throughput (examples/s, tokens/s
-and achieved GFLOP/s estimated as 6 * parameters * tokens per second), and, from the committed
+and achieved GFLOP/s estimated as 6 * parameters * tokens per second) for each way a step can run
+(eager or compiled, float32 or bfloat16 autocast), and, from the committed
 training record (checkpoints/main/metrics.json), the wall time and steps to the accuracy target.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mechlab.arithmetic.tokenizer import SEQ_LEN, VOCAB
 from mechlab.core.io import write_json_atomic
 from mechlab.core.model import build_model, count_parameters, default_device
 from mechlab.core.runs import first_reaching
+from mechlab.core.train import TrainConfig, make_optimizer
 
 
 def machine_info() -> dict:
@@ -61,20 +63,30 @@ def matmul_peak_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def training_throughput(device: torch.device, steps: int, batch_size: int) -> dict[str, float]:
-    """Time `steps` AdamW steps of the main model on random answer-shaped batches."""
+# The ways a training step can run (TrainConfig's `compile` and `precision`), timed side by side.
+STEP_VARIANTS = {"eager float32": (False, "float32"), "compiled float32": (True, "float32"),
+                 "compiled bfloat16": (True, "bfloat16")}
+
+
+def training_throughput(device: torch.device, steps: int, batch_size: int, compile: bool = False,
+                        precision: str = "float32") -> dict[str, float]:
+    """Time `steps` AdamW steps of the main model on random answer-shaped batches, run as the training
+    loop runs them with TrainConfig(compile=..., precision=...) (compilation excluded from the time)."""
     model = build_model(main_model_config(), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, TrainConfig(max_steps=1))
     seq_len = SEQ_LEN
     tokens = torch.randint(0, len(VOCAB) - 3, (batch_size, seq_len), device=device)
+    loss_of = torch.compile(answer_loss) if compile else answer_loss
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
     def step() -> None:
-        loss = answer_loss(model, tokens)
+        with autocast:
+            loss = loss_of(model, tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):
+    for _ in range(3):  # warm-up (and, compiled, the compilation)
         step()
     _sync(device)
     start = time.perf_counter()
@@ -86,7 +98,7 @@ def training_throughput(device: torch.device, steps: int, batch_size: int) -> di
     n_params = count_parameters(model)
     return {"seconds_per_step": seconds, "examples_per_s": batch_size / seconds,
             "tokens_per_s": tokens_per_step / seconds, "gflops": 6 * n_params * tokens_per_step / seconds / 1e9,
-            "parameters": n_params, "batch_size": batch_size}
+            "parameters": n_params, "batch_size": batch_size, "compile": compile, "precision": precision}
 
 
 def time_to_target(metrics_path: Path, metric: str = "val_exact", target: float = 0.99) -> dict:
@@ -110,19 +122,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("figures/bench_training.json"))
     args = parser.parse_args()
     device = default_device()
-    result = {"machine": machine_info(),
-              "matmul_peak_gflops": matmul_peak_gflops(device),
-              "training": training_throughput(device, args.steps, args.batch_size),
-              "time_to_99": time_to_target(args.metrics)}
-    result["training"]["fraction_of_peak"] = result["training"]["gflops"] / result["matmul_peak_gflops"]
-    write_json_atomic(args.out, result)
-    t = result["training"]
+    result = {"machine": machine_info(), "matmul_peak_gflops": matmul_peak_gflops(device)}
     m = result["machine"]
     print(f"machine: {m['cpu']}, {m['torch_threads']} torch threads, {m['gpu'] or 'no GPU'} ({device}); "
           f"load average at start {' '.join(m['loadavg_at_start'])}")
     print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.0f} GFLOP/s")
-    print(f"training: {t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s, "
-          f"{t['gflops']:.1f} GFLOP/s ({100 * t['fraction_of_peak']:.0f}% of peak), batch {t['batch_size']}")
+    result["training"] = {}
+    for name, (compile, precision) in STEP_VARIANTS.items():
+        t = training_throughput(device, args.steps, args.batch_size, compile, precision)
+        t["fraction_of_peak"] = t["gflops"] / result["matmul_peak_gflops"]
+        result["training"][name] = t
+        print(f"training, {name}: {t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s, "
+              f"{t['gflops']:.1f} GFLOP/s ({100 * t['fraction_of_peak']:.0f}% of the fp32 peak), batch {t['batch_size']}")
+    result["time_to_99"] = time_to_target(args.metrics)
+    write_json_atomic(args.out, result)
     print(f"time to 99% val exact match: {json.dumps(result['time_to_99'])}")
     print(f"wrote {args.out}")
 

@@ -1,0 +1,24 @@
+"""The training benchmark's helpers, on a few steps (no timing is asserted: it depends on the machine)."""
+import json
+
+import pytest
+import torch
+
+from mechlab.bench.training import time_to_target, training_throughput
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_throughput_reports_a_consistent_row(precision):
+    row = training_throughput(torch.device("cpu"), steps=1, batch_size=2, precision=precision)
+    assert row["precision"] == precision and row["compile"] is False
+    assert row["examples_per_s"] == pytest.approx(2 / row["seconds_per_step"])
+    assert row["gflops"] == pytest.approx(6 * row["parameters"] * row["tokens_per_s"] / 1e9)
+
+
+def test_time_to_target_reads_the_first_row_past_the_target(tmp_path):
+    record = tmp_path / "metrics.json"
+    record.write_text(json.dumps([{"step": 500, "seconds": 60, "val_exact": 0.5},
+                                  {"step": 1000, "seconds": 150, "val_exact": 0.992}]))
+    assert time_to_target(record) == {"reached": True, "step": 1000, "minutes": 2.5, "val_exact": 0.992}
+    assert time_to_target(record, target=0.999)["reached"] is False
+    assert time_to_target(tmp_path / "missing.json")["reached"] is False
