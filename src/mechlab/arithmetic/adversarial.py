@@ -1,0 +1,382 @@
+"""Adversarial circuit breaking: inputs designed from the circuit account to break a named component,
+each with its failure rate predicted before it is run (design document, extension 5).
+
+A design (`Design`) names the component of the circuit account it targets, builds its prompts as
+data rows (the project's row format, `data.Example`, through the one tokenizer; a position-level
+design also gives a positional remap, `compare.position_remap_hook`), and predicts its exact-match
+failure rate (`Prediction`). Two kinds of prediction:
+
+* **measured**: read from a measurement the account already has. `lookalike_prediction` takes the
+  failure rate of the *in-distribution lookalikes* of the design's prompts: the rows of a reference
+  set (the test split, scored by `task.exact_match`) in the same stratum -- operand digit layout and
+  bucket (`stratum`) -- averaged over the design's prompts. The range is the average of the strata's
+  Wilson 95% intervals. The account predicts *no* extra failure for designs whose target it says
+  is robust to them, and the lookalike rate is then the whole prediction.
+* **judgement**: a range and its rationale written into the design (`JUDGEMENTS`), committed before
+  the design was run; used where no stored measurement speaks to the design.
+
+A design whose prompts the tokenizer refuses (`leading_zeros`: the prompt format has no leading
+zeros) is measured as refused, with the tokenizer's message: the refusal is the result.
+
+`measure_designs` scores every design with the one evaluation path (`circuit.row_correct`, i.e.
+`task.exact_match`, under the design's positional remap if it has one). A prediction *holds* when
+the measured failure rate's Wilson 95% interval overlaps the predicted range (`prediction_holds`).
+
+`target_effects` is the causal check: mean-ablate each targeted component (`ablation.ablation_sweep`,
+scored by `task.evaluate_split`) on the design's prompts and on in-distribution prompts; a target
+that is what breaks should change its effect between the two.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import pandas as pd
+import torch
+
+from mechlab.analysis.ablation import Component, ablation_sweep
+from mechlab.analysis.compare import position_remap_hook
+from mechlab.arithmetic.circuit import layout_pairs, role_positions, row_correct
+from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
+from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, digit_lengths, evaluate_split
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN, TokenizerError
+
+Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson intervals
+MEASURED, JUDGEMENT, REFUSED = "measured", "judgement", "refused"
+
+
+class DesignError(ValueError):
+    """A design input that cannot be built: the message names the design and the problem."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted exact-match failure rate: `point` in [`low`, `high`] (NaN for a refused design),
+    of `kind` MEASURED (read from a measurement), JUDGEMENT (stated before running) or REFUSED
+    (the tokenizer is predicted to refuse the prompts), and why."""
+
+    kind: str
+    point: float
+    low: float
+    high: float
+    rationale: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in (MEASURED, JUDGEMENT, REFUSED):
+            raise DesignError(f"prediction kind must be {MEASURED!r}, {JUDGEMENT!r} or {REFUSED!r}, got {self.kind!r}")
+        if self.kind != REFUSED and not 0.0 <= self.low <= self.point <= self.high <= 1.0:
+            raise DesignError(f"a predicted failure rate needs 0 <= low <= point <= high <= 1, "
+                              f"got {self.low}, {self.point}, {self.high}")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The measurement predictions read: reference rows and whether the model got each right
+    (`task.exact_match` on the test split)."""
+
+    rows: list[dict]
+    correct: torch.Tensor  # [n] bool
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.correct):
+            raise DesignError(f"evidence has {len(self.rows)} rows but {len(self.correct)} exact-match values")
+
+
+@dataclass(frozen=True)
+class Design:
+    """An input designed to break `targets` (component names, e.g. "L0H0", "MLP3"), the part of the
+    circuit account they play (`account`). `pairs()` lists every operand pair it may use (`build`
+    samples them into data rows); its failure rate is predicted by `judgement` when set, otherwise
+    from the in-distribution lookalikes of its rows (`lookalike_prediction`, with `rationale`);
+    `remap(tokens)` ([MODEL_INPUT_LEN] int64 or None) moves positional embeddings, for designs that
+    no prompt string can express; `rows(pairs)` turns pairs into data rows (default `example_rows`)."""
+
+    name: str
+    targets: tuple[str, ...]
+    account: str
+    pairs: Callable[[], list[tuple[int, int]]]
+    rationale: str = ""
+    judgement: Prediction | None = None
+    remap: Callable[[torch.Tensor], torch.Tensor] | None = None
+    rows: Callable[[Sequence[tuple[int, int]]], list[dict]] = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.judgement is None and not self.rationale:
+            raise DesignError(f"design {self.name!r} needs a judgement or the rationale of its lookalike prediction")
+        if not self.targets:
+            raise DesignError(f"design {self.name!r} names no target component")
+
+    def build(self, n: int, seed: int, exclude: set[tuple[int, int]] = frozenset()) -> list[dict]:
+        """At most `n` of the design's rows (a seeded sample) whose (a, b) is not in `exclude`
+        (e.g. the pairs the model was trained on, and the reference rows the prediction reads)."""
+        if n < 1:
+            raise DesignError(f"design {self.name!r}: n must be >= 1, got {n}")
+        pairs = [p for p in self.pairs() if p not in exclude]
+        if not pairs:
+            raise DesignError(f"design {self.name!r} has no rows left after excluding {len(exclude):,} pairs")
+        sample = random.Random(seed).sample(pairs, min(n, len(pairs)))
+        return (self.rows or example_rows)(sample)
+
+    def predict(self, evidence: Evidence, rows: Sequence[dict]) -> Prediction:
+        """The predicted failure rate on `rows` (its `judgement`, or the lookalike rate read from `evidence`)."""
+        return self.judgement or lookalike_prediction(rows, evidence, self.rationale)
+
+    def hooks(self, model, tokens: torch.Tensor) -> list[tuple]:
+        """The forward hooks under which the design's prompts are run (none for a plain prompt design)."""
+        return [] if self.remap is None else [position_remap_hook(model, self.remap(tokens))]
+
+
+# --- rows --------------------------------------------------------------------------------------------
+
+def example_rows(pairs: Sequence[tuple[int, int]], m: int = MODULUS) -> list[dict]:
+    """Data rows (`data.Example.to_json`) of operand pairs, prompts and answers through the tokenizer's rules."""
+    return [Example(a, b, m, bucket_of(a, b, m)).to_json() for a, b in pairs]
+
+
+def wrap_boundary_pairs(offsets: Sequence[int] = (-1, 0, 1), m: int = MODULUS) -> list[tuple[int, int]]:
+    """Every (a, b) with 0 <= a, b <= MAX_OPERAND whose sum is a positive multiple of m plus one of
+    `offsets` (sums just below, at and just above a wrap: answers m - 1, 0, 1)."""
+    sums = sorted({k * m + o for k in range(1, 2 * MAX_OPERAND // m + 2) for o in offsets} & set(range(2 * MAX_OPERAND + 1)))
+    return [(a, s - a) for s in sums for a in range(max(0, s - MAX_OPERAND), min(s, MAX_OPERAND) + 1)]
+
+
+def equal_operand_pairs() -> list[tuple[int, int]]:
+    """(a, a) for every operand: the same digits at a's and at b's positions."""
+    return [(a, a) for a in range(MAX_OPERAND + 1)]
+
+
+def zero_padded_prompt(a: int, b: int, m: int = MODULUS, width: int = 3) -> str:
+    """`a + b mod m =` with both operands written with leading zeros to `width` digits ("007 + 012 mod 113 =")."""
+    if not (0 <= a < 10 ** width and 0 <= b < 10 ** width):
+        raise DesignError(f"operands {a}, {b} do not fit in {width} digits")
+    return f"{a:0{width}d} + {b:0{width}d} mod {m} ="
+
+
+def tokenizer_verdict(prompt: str) -> str:
+    """"accepted", or the tokenizer's refusal message for `prompt` (`ArithmeticTokenizer.encode_prompt`)."""
+    try:
+        TOKENIZER.encode_prompt(prompt)
+    except TokenizerError as error:
+        return f"refused: {error}"
+    return "accepted"
+
+
+def zero_padded_rows(pairs: Sequence[tuple[int, int]], m: int = MODULUS) -> list[dict]:
+    """Rows whose prompts write the operands zero-padded to three digits, each passed through the
+    tokenizer (`encode_prompt`) first: the format has no leading zeros, so this raises its
+    TokenizerError on the first operand below 100 -- the refusal is the result."""
+    rows = []
+    for a, b in pairs:
+        prompt = zero_padded_prompt(a, b, m)
+        TOKENIZER.encode_prompt(prompt)
+        rows.append(Example(a, b, m, bucket_of(a, b, m)).to_json() | {"prompt": prompt})
+    return rows
+
+
+def short_operand_pairs() -> list[tuple[int, int]]:
+    """Pairs with both operands below 100: the ones a leading zero would change."""
+    return [(a, b) for a in range(100) for b in range(100)]
+
+
+def swapped_operand_index(tokens: torch.Tensor) -> torch.Tensor:
+    """[MODEL_INPUT_LEN] int64 position index for `compare.position_remap_hook`: a's digits get the
+    positional embeddings of b's digits and b's those of a's (tokens unchanged), so the layer-0 heads
+    that read fixed positions find b where they read a and a where they read b. Every row of `tokens`
+    [n, pos] must share one layout with as many digits in a as in b (e.g. all 3 + 3)."""
+    try:
+        a_pos, b_pos = (role_positions(tokens, role).nonzero().flatten() for role in ("a", "b"))
+    except ValueError as error:
+        raise DesignError(f"swapping operand positions needs one shared layout: {error}") from None
+    if len(a_pos) != len(b_pos):
+        raise DesignError(f"swapping operand positions needs as many digits in a as in b, got {len(a_pos)} and {len(b_pos)}")
+    index = torch.arange(MODEL_INPUT_LEN)
+    index[a_pos], index[b_pos] = b_pos, a_pos
+    return index
+
+
+# --- predictions ---------------------------------------------------------------------------------------
+
+def wilson_interval(failures: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a rate `failures / n` (n >= 1)."""
+    if n < 1 or not 0 <= failures <= n:
+        raise DesignError(f"a rate needs n >= 1 and 0 <= failures <= n, got {failures} of {n}")
+    p = failures / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def stratum(row: dict) -> tuple[str, str]:
+    """The in-distribution stratum a row is compared with: (operand digit layout, bucket), e.g. ("3+1", "large_wrap")."""
+    return digit_lengths(row), row["bucket"]
+
+
+def stratum_failures(evidence: Evidence) -> dict[tuple[str, str], tuple[int, int]]:
+    """(failures, rows) of the evidence per stratum, per digit layout ((layout, "*")) and overall (("*", "*"))."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row, ok in zip(evidence.rows, evidence.correct.tolist()):
+        layout, bucket = stratum(row)
+        for key in ((layout, bucket), (layout, "*"), ("*", "*")):
+            counts[key][0] += not ok
+            counts[key][1] += 1
+    return {k: (f, n) for k, (f, n) in counts.items()}
+
+
+def lookalike_prediction(rows: Sequence[dict], evidence: Evidence, rationale: str) -> Prediction:
+    """MEASURED prediction: each row's failure rate is that of its stratum in the evidence (falling
+    back to its digit layout, then to all rows, when the evidence has no row of that stratum); the
+    point is their mean and the range the mean of their Wilson 95% intervals."""
+    if not rows:
+        raise DesignError("a lookalike prediction needs at least one design row")
+    table = stratum_failures(evidence)
+    points, lows, highs = [], [], []
+    for row in rows:
+        layout, bucket = stratum(row)
+        key = next(k for k in ((layout, bucket), (layout, "*"), ("*", "*")) if k in table)
+        failures, n = table[key]
+        low, high = wilson_interval(failures, n)
+        points.append(failures / n)
+        lows.append(low)
+        highs.append(high)
+    mean = sum(points) / len(points)
+    return Prediction(MEASURED, mean, min(sum(lows) / len(lows), mean), max(sum(highs) / len(highs), mean), rationale)
+
+
+def prediction_holds(prediction: Prediction, failures: int, n: int) -> bool:
+    """The measured failure rate's Wilson 95% interval overlaps the predicted range."""
+    low, high = wilson_interval(failures, n)
+    return low <= prediction.high and high >= prediction.low
+
+
+# --- the designs ----------------------------------------------------------------------------------------
+
+# Judgements, written before the designs were run (see the git history of this file).
+JUDGEMENTS = {
+    "swapped_positions": Prediction(
+        JUDGEMENT, 0.9, 0.5, 1.0,
+        "The account: the layer-0 heads read operands by position (L0H5 a's, L0H0 b's; report 08), so at '=' "
+        "they would read b as a and a as b, and a + b = b + a would keep the answer. But report 07 needs the "
+        "layer-0 heads and MLPs 0-2 at the prompt positions too, and there the causal mask now shows b's "
+        "positions before a's, an order never trained; moving the operands by one position broke 99% of "
+        "answers (report 08). Judged: the prompt-position part dominates, most answers break."),
+}
+
+
+def make_designs() -> dict[str, Design]:
+    """The designs, by name (see the module docstring; each `account` says what it tests)."""
+    designs = [
+        Design("layout_3plus1", ("L0H0", "L0H6", "L0H7"),
+               "3-digit a + 1-digit b: left padding moves a's digits two positions right, where the layer-0 "
+               "operand heads L0H0/L0H6/L0H7 keep reading (report 08)",
+               partial(layout_pairs, 3, 1),
+               rationale="The account names this layout as the weak one; the test split's 3+1 prompts of the same "
+                         "bucket measure how weak. Predicted: their failure rate. (Report 07 saw 0.317 of the 3+1 "
+                         "prompts outside the data splits fail; this prediction does not read that number.)"),
+        Design("layout_1plus3", ("L0H5", "L0H6"),
+               "1-digit a + 3-digit b: b stays where 3+3 prompts have it and a's digit sits on a's usual units "
+               "position, so the position-reading heads read the right digits",
+               partial(layout_pairs, 1, 3),
+               rationale="The account says the heads read fixed positions and this layout keeps both operands on "
+                         "them; predicted: the test split's 1+3 failure rate of the same bucket (near zero)."),
+        Design("swapped_positions", ("L0H5", "L0H0"),
+               "3+3 prompts with a's and b's digits given each other's positional embeddings (tokens unchanged): "
+               "b's digits where a's usually sit",
+               partial(layout_pairs, 3, 3), judgement=JUDGEMENTS["swapped_positions"], remap=swapped_operand_index),
+        Design("wrap_boundary", ("MLP2", "MLP3"),
+               "sums one below, at and one above a multiple of 113 (answers 112, 0, 1): the answer is carried on "
+               "the k = 1 circle of (a + b) mod 113 (MLP 2, report 06) and written out by MLP 3",
+               wrap_boundary_pairs,
+               rationale="On the k = 1 circle 112, 0 and 1 are neighbours like any others; a subtract-the-multiple "
+                         "account would fail at the wrap, the circle account does not. Predicted: the lookalike rate."),
+        Design("equal_operands", ("L0H5", "L0H0"),
+               "a = b: the same digits at a's and b's positions, which would confuse heads that find an operand by "
+               "its digits rather than by its position",
+               equal_operand_pairs,
+               rationale="The account's operand heads read positions, not digit values, so repeated digits change "
+                         "nothing; predicted: the lookalike rate."),
+        Design("leading_zeros", ("L0H5", "L0H0"),
+               "operands below 100 zero-padded to three digits ('007 + 012'), which would put every digit on its "
+               "3+3 position",
+               short_operand_pairs, rows=zero_padded_rows, judgement=Prediction(
+                   REFUSED, float("nan"), float("nan"), float("nan"),
+                   "The prompt format has no leading zeros (tokenizer.PROMPT_RE), so the tokenizer should refuse "
+                   "these prompts before the model sees them.")),
+    ]
+    return {d.name: d for d in designs}
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+def measure_design(model, design: Design, evidence: Evidence, n: int, seed: int = 0,
+                   exclude: set[tuple[int, int]] = frozenset()) -> dict:
+    """One row of the predicted-vs-measured table: the design's prediction for its rows, the measured
+    failure rate on at most `n` seeded rows (`circuit.row_correct`: `task.exact_match` under the
+    design's hooks), and whether the prediction holds. A design whose prompts the tokenizer refuses
+    is measured as refused (n = 0, the tokenizer's message in `refusal`)."""
+    head = {"design": design.name, "targets": ", ".join(design.targets)}
+    try:
+        rows = design.build(n, seed, exclude)
+    except TokenizerError as error:
+        prediction = design.predict(evidence, [])
+        return head | _prediction_columns(prediction) | {
+            "n": 0, "failures": 0, "measured": float("nan"), "measured low": float("nan"), "measured high": float("nan"),
+            "holds": prediction.kind == REFUSED, "refusal": str(error)}
+    prediction = design.predict(evidence, rows)
+    split = ArithmeticSplit.from_rows(rows)
+    correct = row_correct(model, split, design.hooks(model, split.tokens[:, :MODEL_INPUT_LEN]))
+    failures = int((~correct).sum())
+    low, high = wilson_interval(failures, len(rows))
+    holds = prediction.kind != REFUSED and prediction_holds(prediction, failures, len(rows))
+    return head | _prediction_columns(prediction) | {
+        "n": len(rows), "failures": failures, "measured": failures / len(rows), "measured low": low,
+        "measured high": high, "holds": holds, "refusal": ""}
+
+
+def _prediction_columns(prediction: Prediction) -> dict:
+    return {"kind": prediction.kind, "predicted": prediction.point, "predicted low": prediction.low,
+            "predicted high": prediction.high}
+
+
+def measure_designs(model, designs: Sequence[Design], evidence: Evidence, n: int, seed: int = 0,
+                    exclude: set[tuple[int, int]] = frozenset()) -> pd.DataFrame:
+    """`measure_design` for each design: one row per design."""
+    return pd.DataFrame([measure_design(model, d, evidence, n, seed, exclude) for d in designs])
+
+
+def target_components(design: Design) -> list[Component]:
+    """The design's targets as ablatable components ("L0H5" -> head (0, 5), "MLP3" -> mlp 3)."""
+    out = []
+    for name in design.targets:
+        if name.startswith("MLP") and name[3:].isdigit():
+            out.append(Component("mlp", int(name[3:])))
+        elif name.startswith("L") and "H" in name and all(p.isdigit() for p in name[1:].split("H")):
+            layer, head = (int(p) for p in name[1:].split("H"))
+            out.append(Component("head", layer, head))
+        else:
+            raise DesignError(f"design {design.name!r}: target {name!r} is not a head (L0H5) or an MLP (MLP3)")
+    return out
+
+
+def target_effects(model, design: Design, design_rows: list[dict], reference_rows: list[dict],
+                   reference: dict[str, torch.Tensor], method: str = "mean") -> pd.DataFrame:
+    """The causal check: exact match with each targeted component ablated alone (`method`, reference
+    activations `reference` from `ablation.reference_activations`), on the design's prompts (under its
+    hooks) and on in-distribution `reference_rows`. Columns: design, component, set ("design" or
+    "in-distribution"), exact (unablated), ablated, drop."""
+    components = target_components(design)
+    frames = []
+    for which, rows in (("design", design_rows), ("in-distribution", reference_rows)):
+        split = ArithmeticSplit.from_rows(rows)
+        hooks = design.hooks(model, split.tokens[:, :MODEL_INPUT_LEN]) if which == "design" else []
+        score = partial(evaluate_split, split=split, prefix="ablated")
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            sweep = ablation_sweep(model, score, components, [method], reference, metric="ablated_exact")
+        base = float(sweep.loc[sweep.component == "none", "score"].iloc[0])
+        body = sweep[sweep.component != "none"]
+        frames.append(pd.DataFrame({"design": design.name, "component": body.component, "set": which,
+                                    "exact": base, "ablated": body.score, "drop": body["drop"]}))
+    return pd.concat(frames, ignore_index=True)
