@@ -10,16 +10,24 @@ from mechlab.analysis.compare import position_remap_hook
 from mechlab.arithmetic.adversarial import (
     JUDGEMENT,
     MEASURED,
+    POSITION_READ_SHARE,
     REFUSED,
     Design,
     DesignError,
     Evidence,
     Prediction,
+    crossed_digit_index,
     example_rows,
     lookalike_prediction,
     make_designs,
     measure_designs,
+    position_read_prediction,
+    position_read_rows,
+    position_read_split,
+    predict_designs,
     prediction_holds,
+    realigned_a_index,
+    repair_patching,
     swapped_operand_index,
     target_components,
     target_effects,
@@ -59,6 +67,7 @@ def test_designs_build_what_they_name():
     assert {digit_lengths(r) for r in DESIGNS["swapped_positions"].build(200, 0)} == {"3+3"}
     assert {r["answer"] for r in DESIGNS["wrap_boundary"].build(300, 0)} == {"112", "0", "1"}
     assert all(r["a"] == r["b"] for r in DESIGNS["equal_operands"].build(200, 0))
+    assert all(digit_lengths(r) == "3+3" and (r["b"] // 10) % 10 for r in DESIGNS["crossed_digits"].build(200, 0))
     pairs = wrap_boundary_pairs()
     assert sorted(pairs) == [(a, b) for a in range(1000) for b in range(1000) if a + b >= 112 and (a + b) % 113 in (112, 0, 1)]
 
@@ -164,6 +173,9 @@ def test_measure_designs_scores_with_the_one_exact_match_path(arithmetic_oracle)
     assert not table.loc["equal_operands", "holds"]  # the lookalikes never fail
     assert table.loc["leading_zeros", "kind"] == REFUSED and table.loc["leading_zeros", "n"] == 0
     assert "no leading zeros" in table.loc["leading_zeros", "refusal"] and table.loc["leading_zeros", "holds"]
+    predicted = predict_designs(designs, evidence, n=30, seed=0).set_index("design")
+    assert (predicted["predicted"].fillna(-1) == table["predicted"].fillna(-1)).all()
+    assert predicted.loc["leading_zeros", "kind"] == REFUSED and predicted.loc["equal_operands", "predicted"] == 0.0
 
 
 def test_a_remapped_design_runs_under_its_hook(tiny_model):
@@ -192,3 +204,57 @@ def test_target_effects_compares_ablation_on_the_design_and_in_distribution(tiny
     assert list(effects["component"]) == ["L0H1", "MLP1", "L0H1", "MLP1"]
     assert list(effects["set"]) == ["design", "design", "in-distribution", "in-distribution"]
     assert (effects["drop"] == effects["exact"] - effects["ablated"]).all()
+
+
+def prompt_tokens(pairs):
+    return ArithmeticSplit.from_rows(example_rows(pairs)).tokens[:, :MODEL_INPUT_LEN]
+
+
+def test_crossed_and_realigned_indices_move_the_positions_they_name():
+    crossed = crossed_digit_index(prompt_tokens([(123, 456), (999, 111)]))
+    assert crossed[3] == 10 and crossed[10] == 3  # a's hundreds <-> b's tens
+    assert (crossed[[p for p in range(MODEL_INPUT_LEN) if p not in (3, 10)]] ==
+            torch.tensor([p for p in range(MODEL_INPUT_LEN) if p not in (3, 10)])).all()
+    with pytest.raises(DesignError, match="needs 3 \\+ 3 prompts, got 3 \\+ 1"):
+        crossed_digit_index(prompt_tokens([(123, 4)]))
+    # "123 + 4 mod 113 =": <bos> pad*4 1 2 3 _ + _ 4 ...; a, " + " move one left, b stays
+    realigned = realigned_a_index(prompt_tokens([(123, 4), (500, 7)]))
+    assert realigned[5:11].tolist() == [4, 5, 6, 7, 8, 9] and realigned[11] == 11 and realigned[4] == 4
+    with pytest.raises(DesignError, match="onto <bos>"):
+        realigned_a_index(prompt_tokens([(123, 456)]), shift=-3)
+
+
+def test_position_read_rows_spell_the_problem_the_positions_hold():
+    rows = example_rows([(123, 456)])
+    tokens = prompt_tokens([(123, 456)])
+    assert position_read_rows(rows, swapped_operand_index(tokens))[0]["prompt"] == "456 + 123 mod 113 ="
+    crossed = position_read_rows(rows, crossed_digit_index(tokens))[0]
+    assert (crossed["a"], crossed["b"], crossed["answer"]) == (523, 416, str((523 + 416) % 113))
+    assert (523 + 416) - (123 + 456) == 90 * (5 - 1)
+    with pytest.raises(DesignError, match="does not permute"):
+        position_read_rows(example_rows([(123, 4)]), realigned_a_index(prompt_tokens([(123, 4)])))
+    with pytest.raises(DesignError, match="reads as '023 \\+ 416 mod 113 =' under the remap, which is not a prompt"):
+        position_read_rows(example_rows([(123, 406)]), crossed_digit_index(prompt_tokens([(123, 406)])))
+    split = position_read_split(DESIGNS["crossed_digits"], rows)
+    assert TOKENIZER.decode(split.prompts[0]) == "123 + 456 mod 113 ="  # the tokens as written ...
+    assert TOKENIZER.decode_answer(split.answers[0]) == crossed["answer"]  # ... the answer as read
+    with pytest.raises(DesignError, match="moves no position"):
+        position_read_split(DESIGNS["equal_operands"], rows)
+
+
+def test_position_read_prediction_reads_the_rows_and_the_measurement():
+    design = DESIGNS["crossed_digits"]
+    same = example_rows([(123, 415), (456, 341)])  # b's tens digit = a's hundreds digit: the same sum
+    moved = example_rows([(123, 456), (456, 321)])
+    evidence = evidence_for(example_rows([(300, 400), (700, 800)]))
+    assert position_read_prediction(design, evidence, same).point == 0.0
+    prediction = position_read_prediction(design, evidence, same + moved)
+    assert prediction.point == 0.5 and prediction.low == pytest.approx(POSITION_READ_SHARE * 0.5 * (1 - wilson_interval(0, 2)[1]))
+    assert "another answer for 0.500 of the rows" in prediction.rationale
+    assert position_read_prediction(design, evidence_for(evidence.rows, lambda r: True), same).point == 1.0
+    assert design.predict(evidence, same + moved) == prediction
+
+
+def test_repair_patching_needs_rows_the_repair_fixes(tiny_model):
+    with pytest.raises(DesignError, match="fixes none of the 4 rows"):
+        repair_patching(tiny_model, DESIGNS["realigned_3plus1"], DESIGNS["realigned_3plus1"].build(4, 0))

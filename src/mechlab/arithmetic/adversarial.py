@@ -12,8 +12,17 @@ failure rate (`Prediction`). Two kinds of prediction:
   bucket (`stratum`) -- averaged over the design's prompts. The range is the average of the strata's
   Wilson 95% intervals. The account predicts *no* extra failure for designs whose target it says
   is robust to them, and the lookalike rate is then the whole prediction.
+* **position-read** (also MEASURED, `position_read_prediction`): for a design that moves positional
+  embeddings so that, read by position, the prompt spells another problem (`position_read_rows`):
+  if the operands are read by position, the model answers that problem.
 * **judgement**: a range and its rationale written into the design (`JUDGEMENTS`), committed before
   the design was run; used where no stored measurement speaks to the design.
+
+Two waves, each committed before it ran on the main model: the first six designs (layout_3plus1,
+layout_1plus3, swapped_positions, wrap_boundary, equal_operands, leading_zeros), then, after the
+first quick measurement showed swapped_positions keeping its answers, crossed_digits and
+realigned_3plus1 (their rationales say so). `repair_patching` patches from a repairing remap
+(realigned_3plus1) into the plain run to find which components carry the repair.
 
 A design whose prompts the tokenizer refuses (`leading_zeros`: the prompt format has no leading
 zeros) is measured as refused, with the tokenizer's message: the refusal is the result.
@@ -40,10 +49,12 @@ import torch
 
 from mechlab.analysis.ablation import Component, ablation_sweep
 from mechlab.analysis.compare import position_remap_hook
+from mechlab.analysis.patching import batched_patch, run_cache
 from mechlab.arithmetic.circuit import layout_pairs, role_positions, row_correct
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
+from mechlab.arithmetic.pairs import ExactMatchMetric
 from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, digit_lengths, evaluate_split
-from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN, TokenizerError
+from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN, PROMPT_WIDTH, TokenizerError, parse_prompt
 
 Z95 = 1.959964  # two-sided 95% normal quantile, for Wilson intervals
 MEASURED, JUDGEMENT, REFUSED = "measured", "judgement", "refused"
@@ -103,9 +114,10 @@ class Design:
     judgement: Prediction | None = None
     remap: Callable[[torch.Tensor], torch.Tensor] | None = None
     rows: Callable[[Sequence[tuple[int, int]]], list[dict]] = field(default=None)
+    predictor: Callable[["Design", Evidence, Sequence[dict]], Prediction] | None = None
 
     def __post_init__(self) -> None:
-        if self.judgement is None and not self.rationale:
+        if self.judgement is None and self.predictor is None and not self.rationale:
             raise DesignError(f"design {self.name!r} needs a judgement or the rationale of its lookalike prediction")
         if not self.targets:
             raise DesignError(f"design {self.name!r} names no target component")
@@ -122,8 +134,17 @@ class Design:
         return (self.rows or example_rows)(sample)
 
     def predict(self, evidence: Evidence, rows: Sequence[dict]) -> Prediction:
-        """The predicted failure rate on `rows` (its `judgement`, or the lookalike rate read from `evidence`)."""
-        return self.judgement or lookalike_prediction(rows, evidence, self.rationale)
+        """The predicted failure rate on `rows`: its `judgement`, else its `predictor`'s, else the
+        lookalike rate read from `evidence`."""
+        if self.judgement is not None:
+            return self.judgement
+        if self.predictor is not None:
+            return self.predictor(self, evidence, rows)
+        return lookalike_prediction(rows, evidence, self.rationale)
+
+    def tokens(self, rows: Sequence[dict]) -> torch.Tensor:
+        """[n, MODEL_INPUT_LEN] the model inputs of `rows` (prompt teacher-forced with its answer)."""
+        return ArithmeticSplit.from_rows(list(rows)).tokens[:, :MODEL_INPUT_LEN]
 
     def hooks(self, model, tokens: torch.Tensor) -> list[tuple]:
         """The forward hooks under which the design's prompts are run (none for a plain prompt design)."""
@@ -147,6 +168,11 @@ def wrap_boundary_pairs(offsets: Sequence[int] = (-1, 0, 1), m: int = MODULUS) -
 def equal_operand_pairs() -> list[tuple[int, int]]:
     """(a, a) for every operand: the same digits at a's and at b's positions."""
     return [(a, a) for a in range(MAX_OPERAND + 1)]
+
+
+def crossed_digit_pairs() -> list[tuple[int, int]]:
+    """3 + 3 pairs whose b has a tens digit other than 0 (so the crossed reading has no leading zero)."""
+    return [(a, b) for a, b in layout_pairs(3, 3) if (b // 10) % 10 != 0]
 
 
 def zero_padded_prompt(a: int, b: int, m: int = MODULUS, width: int = 3) -> str:
@@ -187,15 +213,77 @@ def swapped_operand_index(tokens: torch.Tensor) -> torch.Tensor:
     positional embeddings of b's digits and b's those of a's (tokens unchanged), so the layer-0 heads
     that read fixed positions find b where they read a and a where they read b. Every row of `tokens`
     [n, pos] must share one layout with as many digits in a as in b (e.g. all 3 + 3)."""
-    try:
-        a_pos, b_pos = (role_positions(tokens, role).nonzero().flatten() for role in ("a", "b"))
-    except ValueError as error:
-        raise DesignError(f"swapping operand positions needs one shared layout: {error}") from None
+    a_pos, b_pos = _operand_positions(tokens, "swapping operand positions")
     if len(a_pos) != len(b_pos):
         raise DesignError(f"swapping operand positions needs as many digits in a as in b, got {len(a_pos)} and {len(b_pos)}")
     index = torch.arange(MODEL_INPUT_LEN)
     index[a_pos], index[b_pos] = b_pos, a_pos
     return index
+
+
+def crossed_digit_index(tokens: torch.Tensor) -> torch.Tensor:
+    """[MODEL_INPUT_LEN] position index: a's hundreds digit and b's tens digit trade positional
+    embeddings (tokens unchanged). A model that reads operands by position then reads
+    a' = (b's tens, a's tens, a's units) and b' = (b's hundreds, a's hundreds, b's units), whose sum
+    differs from a + b by 90 * (b's tens - a's hundreds). Rows must all be 3 + 3 prompts."""
+    a_pos, b_pos = _operand_positions(tokens, "crossing digit positions")
+    if len(a_pos) != 3 or len(b_pos) != 3:
+        raise DesignError(f"crossing digit positions needs 3 + 3 prompts, got {len(a_pos)} + {len(b_pos)} digits")
+    index = torch.arange(MODEL_INPUT_LEN)
+    index[a_pos[0]], index[b_pos[1]] = b_pos[1], a_pos[0]
+    return index
+
+
+def realigned_a_index(tokens: torch.Tensor, shift: int = -1) -> torch.Tensor:
+    """[MODEL_INPUT_LEN] position index: a's digits, the space after a, "+" and the space after it move
+    by `shift` (tokens unchanged); b and everything after it keep their positions. shift=-1 on 3 + 1
+    prompts puts a and "+" where 3 + 2 prompts have them (b's tens position is then left empty)."""
+    a_pos, _ = _operand_positions(tokens, "realigning a")
+    first, last = int(a_pos[0]), int(a_pos[-1]) + 3  # a's digits, " ", "+", " "
+    if first + shift < 1:
+        raise DesignError(f"realigning a by {shift} would move it onto <bos> (a starts at position {first})")
+    index = torch.arange(MODEL_INPUT_LEN)
+    index[first:last + 1] += shift
+    return index
+
+
+def _operand_positions(tokens: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions of a's digits, of b's digits) shared by every row of `tokens`, else DesignError."""
+    try:
+        return tuple(role_positions(tokens, role).nonzero().flatten() for role in ("a", "b"))
+    except ValueError as error:
+        raise DesignError(f"{what} needs one shared layout: {error}") from None
+
+
+def position_read_rows(rows: Sequence[dict], index: torch.Tensor) -> list[dict]:
+    """The rows of the problems that the positions spell under the remap `index` (token i is read at
+    position index[i]): e.g. under `swapped_operand_index`, "123 + 456" reads "456 + 123". The remap
+    must permute the prompt positions; a read prompt the tokenizer refuses is a DesignError."""
+    n = 1 + PROMPT_WIDTH
+    if sorted(index[:n].tolist()) != list(range(n)):
+        raise DesignError("the remap does not permute the prompt positions: some position would hold no token")
+    tokens = ArithmeticSplit.from_rows(list(rows)).prompts  # [n_rows, 1 + PROMPT_WIDTH]
+    read = torch.empty_like(tokens)
+    read[:, index[:n]] = tokens
+    out = []
+    for row, ids in zip(rows, read):
+        prompt = TOKENIZER.decode(ids)
+        try:
+            problem = parse_prompt(prompt)
+        except TokenizerError as error:
+            raise DesignError(f"{row['prompt']!r} reads as {prompt!r} under the remap, which is not a prompt: {error}") from None
+        out.append(Example(problem.a, problem.b, problem.m, bucket_of(problem.a, problem.b, problem.m)).to_json())
+    return out
+
+
+def position_read_split(design: "Design", rows: Sequence[dict]) -> ArithmeticSplit:
+    """The design's prompts (the tokens of `rows`) teacher-forced with the answers of the problems their
+    positions spell (`position_read_rows`): exact match on it says how often the model answers the
+    problem it reads by position."""
+    if design.remap is None:
+        raise DesignError(f"design {design.name!r} moves no position: its prompts read as written")
+    read = position_read_rows(rows, design.remap(design.tokens(rows)))
+    return ArithmeticSplit(read, TOKENIZER.encode_batch([r["prompt"] for r in rows], [r["answer"] for r in read]))
 
 
 # --- predictions ---------------------------------------------------------------------------------------
@@ -252,6 +340,27 @@ def prediction_holds(prediction: Prediction, failures: int, n: int) -> bool:
     return low <= prediction.high and high >= prediction.low
 
 
+POSITION_READ_SHARE = 0.8  # judgement: the position-read prediction's range allows up to 20% of rows to follow the tokens
+
+
+def position_read_prediction(design: "Design", evidence: Evidence, rows: Sequence[dict]) -> Prediction:
+    """MEASURED prediction for a remapped design, if the operands are read by position: a row fails
+    when the problem its positions spell has another answer (`position_read_rows`) and the model
+    answers that problem -- as often as in distribution (1 - the lookalike failure rate) -- or when
+    the answers agree and the model fails as its lookalikes do. The range is a judgement: from
+    POSITION_READ_SHARE of the rows reading by position up to all of them, widened by the
+    lookalikes' interval."""
+    lookalike = lookalike_prediction(rows, evidence, "lookalikes")
+    read = position_read_rows(rows, design.remap(design.tokens(rows)))
+    differ = sum(r["answer"] != q["answer"] for r, q in zip(rows, read)) / len(rows)
+    point = differ * (1 - lookalike.point) + (1 - differ) * lookalike.point
+    low = min(point, POSITION_READ_SHARE * differ * (1 - lookalike.high) + (1 - differ) * lookalike.low)
+    high = max(point, min(1.0, differ + lookalike.high))
+    return Prediction(MEASURED, point, low, high,
+                      f"{design.rationale} The positions spell another answer for {differ:.3f} of the rows; "
+                      f"the lookalikes fail {lookalike.point:.4f}.")
+
+
 # --- the designs ----------------------------------------------------------------------------------------
 
 # Judgements, written before the designs were run (see the git history of this file).
@@ -263,6 +372,14 @@ JUDGEMENTS = {
         "layer-0 heads and MLPs 0-2 at the prompt positions too, and there the causal mask now shows b's "
         "positions before a's, an order never trained; moving the operands by one position broke 99% of "
         "answers (report 08). Judged: the prompt-position part dominates, most answers break."),
+    "realigned_3plus1": Prediction(
+        JUDGEMENT, 0.15, 0.0, 0.3,
+        "Written after the first measurements (swapped positions kept 97% of answers in the quick run: the "
+        "operands are read by position). If 3 + 1 prompts fail because the layer-0 heads read a's digits two "
+        "positions right of where the x + 2 and x + 3 layouts put them (report 08), moving a and '+' one "
+        "position left, onto the 3 + 2 layout's positions (99.8% right on the test split), should remove most "
+        "failures; b's tens position is then empty, a layout never trained, so not all. Judged: failure falls "
+        "from the 3 + 1 level to 0.3 or less."),
 }
 
 
@@ -286,6 +403,17 @@ def make_designs() -> dict[str, Design]:
                "3+3 prompts with a's and b's digits given each other's positional embeddings (tokens unchanged): "
                "b's digits where a's usually sit",
                partial(layout_pairs, 3, 3), judgement=JUDGEMENTS["swapped_positions"], remap=swapped_operand_index),
+        Design("crossed_digits", ("L0H5", "L0H0"),
+               "3+3 prompts (b's tens digit not 0) with a's hundreds digit and b's tens digit trading positional "
+               "embeddings: read by position the prompt spells another problem",
+               crossed_digit_pairs, remap=crossed_digit_index, predictor=position_read_prediction,
+               rationale="Written after the first measurements. The account: operands are read by position (the "
+                         "swapped-positions design kept 97% of answers in the quick run), so the model should answer "
+                         "the problem the positions spell."),
+        Design("realigned_3plus1", ("L0H0", "L0H6", "L0H7"),
+               "3+1 prompts with a's digits and '+' moved one position left (tokens unchanged), onto the positions "
+               "3+2 prompts give them: the repair the layout account implies",
+               partial(layout_pairs, 3, 1), judgement=JUDGEMENTS["realigned_3plus1"], remap=realigned_a_index),
         Design("wrap_boundary", ("MLP2", "MLP3"),
                "sums one below, at and one above a multiple of 113 (answers 112, 0, 1): the answer is carried on "
                "the k = 1 circle of (a + b) mod 113 (MLP 2, report 06) and written out by MLP 3",
@@ -310,6 +438,22 @@ def make_designs() -> dict[str, Design]:
 
 
 # --- measuring ----------------------------------------------------------------------------------------
+
+def predict_designs(designs: Sequence[Design], evidence: Evidence, n: int, seed: int = 0,
+                    exclude: set[tuple[int, int]] = frozenset()) -> pd.DataFrame:
+    """Each design's prediction for the rows `measure_design` will run (same `n`, `seed`, `exclude`),
+    before anything is run: design, targets, account, kind, predicted (low, high), rationale."""
+    out = []
+    for design in designs:
+        try:
+            rows = design.build(n, seed, exclude)
+        except TokenizerError:
+            rows = []
+        prediction = design.predict(evidence, rows)
+        out.append({"design": design.name, "targets": ", ".join(design.targets), "account": design.account}
+                   | _prediction_columns(prediction) | {"rationale": prediction.rationale})
+    return pd.DataFrame(out)
+
 
 def measure_design(model, design: Design, evidence: Evidence, n: int, seed: int = 0,
                    exclude: set[tuple[int, int]] = frozenset()) -> dict:
@@ -380,3 +524,22 @@ def target_effects(model, design: Design, design_rows: list[dict], reference_row
         frames.append(pd.DataFrame({"design": design.name, "component": body.component, "set": which,
                                     "exact": base, "ablated": body.score, "drop": body["drop"]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def repair_patching(model, repair: Design, rows: Sequence[dict], sweep: str = "z_all_pos") -> tuple[torch.Tensor, int]:
+    """Which components carry a repair: activation patching (`patching.batched_patch`) from the run
+    under the `repair` design's remap (clean) into the plain run of the same prompts (corrupted), on
+    the rows the repair fixes (right under the remap, wrong without), scored by normalized exact
+    match (0 = plain run, 1 = repaired run). Returns (the sweep's result, e.g. [n_layers, n_heads]
+    for "z_all_pos", the number of rows); DesignError when the repair fixes no row."""
+    split = ArithmeticSplit.from_rows(list(rows))
+    hooks = repair.hooks(model, split.tokens[:, :MODEL_INPUT_LEN])
+    fixed = (row_correct(model, split, hooks) & ~row_correct(model, split)).nonzero().flatten()
+    if len(fixed) == 0:
+        raise DesignError(f"the {repair.name!r} remap fixes none of the {len(rows)} rows: nothing to patch")
+    tokens = split.tokens[fixed, :MODEL_INPUT_LEN]
+    with model.hooks(fwd_hooks=hooks):
+        clean_logits, clean_cache = run_cache(model, tokens)
+    corrupted_logits, corrupted_cache = run_cache(model, tokens)
+    metric = ExactMatchMetric(split.answers[fixed]).calibrate(clean_logits.cpu(), corrupted_logits.cpu())
+    return batched_patch(model, tokens, clean_cache, metric, sweep, corrupted_cache=corrupted_cache).cpu(), len(fixed)
