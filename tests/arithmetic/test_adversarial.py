@@ -18,6 +18,8 @@ from mechlab.arithmetic.adversarial import (
     Prediction,
     crossed_digit_index,
     example_rows,
+    knockout_effects,
+    knockout_holds,
     lookalike_prediction,
     make_designs,
     measure_designs,
@@ -27,7 +29,6 @@ from mechlab.arithmetic.adversarial import (
     predict_designs,
     prediction_holds,
     realigned_a_index,
-    repair_patching,
     swapped_operand_index,
     target_components,
     target_effects,
@@ -255,6 +256,16 @@ def test_position_read_prediction_reads_the_rows_and_the_measurement():
     assert design.predict(evidence, same + moved) == prediction
 
 
-def test_repair_patching_needs_rows_the_repair_fixes(tiny_model):
-    with pytest.raises(DesignError, match="fixes none of the 4 rows"):
-        repair_patching(tiny_model, DESIGNS["realigned_3plus1"], DESIGNS["realigned_3plus1"].build(4, 0))
+
+def test_knockout_effects_remove_attention_to_the_role(tiny_model, arithmetic_oracle):
+    rows = layout_rows(3, 1)[:12]
+    table = knockout_effects(tiny_model, rows, ["L0H1", "L1H0"]).set_index("knocked out")
+    assert list(table.index) == ["none", "L0H1", "L1H0", "all"]
+    assert table.loc["none", "change"] == 0.0
+    assert (table["change"] == table["failure"] - table.loc["none", "failure"]).all()
+    with pytest.raises(DesignError, match="'H1' is not a head name"):
+        knockout_effects(tiny_model, rows, ["H1"])
+    with pytest.raises(ValueError, match="do not share one token layout"):
+        knockout_effects(tiny_model, example_rows([(123, 4), (12, 4)]), ["L0H1"])
+    assert knockout_holds(-0.06) and not knockout_holds(-0.01) and not knockout_holds(0.2)
+    assert knockout_holds(0.2, sign=1)

@@ -21,8 +21,12 @@ failure rate (`Prediction`). Two kinds of prediction:
 Two waves, each committed before it ran on the main model: the first six designs (layout_3plus1,
 layout_1plus3, swapped_positions, wrap_boundary, equal_operands, leading_zeros), then, after the
 first quick measurement showed swapped_positions keeping its answers, crossed_digits and
-realigned_3plus1 (their rationales say so). `repair_patching` patches from a repairing remap
-(realigned_3plus1) into the plain run to find which components carry the repair.
+realigned_3plus1 (their rationales say so).
+
+`knockout_effects` is the causal check of the account's explanation of the 3 + 1 weakness: remove the
+named heads' attention from `=` onward to a's digits (`circuit.attention_knockout_hooks`) on 3 + 1
+prompts and on in-distribution prompts of another layout; `KNOCKOUT_EXPECTATION` states, before it
+ran, which way the 3 + 1 failure rate should move if those heads' reading of a's digits is the cause.
 
 A design whose prompts the tokenizer refuses (`leading_zeros`: the prompt format has no leading
 zeros) is measured as refused, with the tokenizer's message: the refusal is the result.
@@ -49,10 +53,14 @@ import torch
 
 from mechlab.analysis.ablation import Component, ablation_sweep
 from mechlab.analysis.compare import position_remap_hook
-from mechlab.analysis.patching import batched_patch, run_cache
-from mechlab.arithmetic.circuit import layout_pairs, role_positions, row_correct
+from mechlab.arithmetic.circuit import (
+    CAUSAL_CHANGE,
+    attention_knockout_hooks,
+    layout_pairs,
+    role_positions,
+    row_correct,
+)
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
-from mechlab.arithmetic.pairs import ExactMatchMetric
 from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, digit_lengths, evaluate_split
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN, PROMPT_WIDTH, TokenizerError, parse_prompt
 
@@ -497,11 +505,11 @@ def target_components(design: Design) -> list[Component]:
     for name in design.targets:
         if name.startswith("MLP") and name[3:].isdigit():
             out.append(Component("mlp", int(name[3:])))
-        elif name.startswith("L") and "H" in name and all(p.isdigit() for p in name[1:].split("H")):
-            layer, head = (int(p) for p in name[1:].split("H"))
-            out.append(Component("head", layer, head))
-        else:
-            raise DesignError(f"design {design.name!r}: target {name!r} is not a head (L0H5) or an MLP (MLP3)")
+            continue
+        try:
+            out.append(Component("head", *head_index(name)))
+        except DesignError:
+            raise DesignError(f"design {design.name!r}: target {name!r} is not a head (L0H5) or an MLP (MLP3)") from None
     return out
 
 
@@ -526,20 +534,39 @@ def target_effects(model, design: Design, design_rows: list[dict], reference_row
     return pd.concat(frames, ignore_index=True)
 
 
-def repair_patching(model, repair: Design, rows: Sequence[dict], sweep: str = "z_all_pos") -> tuple[torch.Tensor, int]:
-    """Which components carry a repair: activation patching (`patching.batched_patch`) from the run
-    under the `repair` design's remap (clean) into the plain run of the same prompts (corrupted), on
-    the rows the repair fixes (right under the remap, wrong without), scored by normalized exact
-    match (0 = plain run, 1 = repaired run). Returns (the sweep's result, e.g. [n_layers, n_heads]
-    for "z_all_pos", the number of rows); DesignError when the repair fixes no row."""
+
+# Stated before the knock-out ran on the main model (third commit of predictions).
+KNOCKOUT_EXPECTATION = {
+    "heads": ("L0H0", "L0H6", "L0H7"), "role": "a", "sign": -1,
+    "rationale": "The account (README; report 08) says that in 3 + 1 prompts L0H0, L0H6 and L0H7 keep attending to "
+                 "positions that now hold a's digits. If that misreading causes the failures, removing these heads' "
+                 "attention to a's digits (renormalised onto the rest) lowers the 3 + 1 failure rate by at least "
+                 f"CAUSAL_CHANGE ({CAUSAL_CHANGE}); on 3 + 2 prompts, where they read correctly, it should not help.",
+}
+
+
+def head_index(name: str) -> tuple[int, int]:
+    """"L0H6" -> (0, 6); a DesignError for anything else."""
+    layer, sep, head = name.removeprefix("L").partition("H")
+    if not (name.startswith("L") and sep and layer.isdigit() and head.isdigit()):
+        raise DesignError(f"{name!r} is not a head name like 'L0H6'")
+    return int(layer), int(head)
+
+
+def knockout_effects(model, rows: Sequence[dict], heads: Sequence[str], role: str = "a") -> pd.DataFrame:
+    """Exact-match failure rate of `rows` (all of one token layout) with each head's attention from `=`
+    onward to the `role` positions knocked out and renormalised (`circuit.attention_knockout_hooks`),
+    then with all of `heads` at once. Columns: knocked out ("none", a head, or "all"), failure,
+    change (failure minus the unablated failure)."""
     split = ArithmeticSplit.from_rows(list(rows))
-    hooks = repair.hooks(model, split.tokens[:, :MODEL_INPUT_LEN])
-    fixed = (row_correct(model, split, hooks) & ~row_correct(model, split)).nonzero().flatten()
-    if len(fixed) == 0:
-        raise DesignError(f"the {repair.name!r} remap fixes none of the {len(rows)} rows: nothing to patch")
-    tokens = split.tokens[fixed, :MODEL_INPUT_LEN]
-    with model.hooks(fwd_hooks=hooks):
-        clean_logits, clean_cache = run_cache(model, tokens)
-    corrupted_logits, corrupted_cache = run_cache(model, tokens)
-    metric = ExactMatchMetric(split.answers[fixed]).calibrate(clean_logits.cpu(), corrupted_logits.cpu())
-    return batched_patch(model, tokens, clean_cache, metric, sweep, corrupted_cache=corrupted_cache).cpu(), len(fixed)
+    sources = role_positions(split.tokens[:, :MODEL_INPUT_LEN], role)
+    hooks = {name: attention_knockout_hooks(*head_index(name), sources) for name in heads}
+    runs = {"none": []} | hooks | {"all": [h for hs in hooks.values() for h in hs]}
+    failure = {name: (~row_correct(model, split, run)).float().mean().item() for name, run in runs.items()}
+    return pd.DataFrame({"knocked out": list(failure), "failure": list(failure.values()),
+                         "change": [f - failure["none"] for f in failure.values()]})
+
+
+def knockout_holds(change: float, sign: int = KNOCKOUT_EXPECTATION["sign"]) -> bool:
+    """The failure rate moved by at least CAUSAL_CHANGE in the expected direction (`sign`: -1 = down)."""
+    return change * sign >= CAUSAL_CHANGE
