@@ -16,6 +16,7 @@ from mechlab.arithmetic.adversarial import (
     DesignError,
     Evidence,
     Prediction,
+    a_hundreds,
     crossed_digit_index,
     example_rows,
     knockout_effects,
@@ -39,7 +40,7 @@ from mechlab.arithmetic.adversarial import (
 )
 from mechlab.arithmetic.circuit import layout_rows
 from mechlab.arithmetic.data import check_row
-from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, digit_lengths
+from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit, accuracy_by, digit_lengths
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN, TokenizerError, parse_prompt
 
 DESIGNS = make_designs()
@@ -269,3 +270,9 @@ def test_knockout_effects_remove_attention_to_the_role(tiny_model, arithmetic_or
         knockout_effects(tiny_model, example_rows([(123, 4), (12, 4)]), ["L0H1"])
     assert knockout_holds(-0.06) and not knockout_holds(-0.01) and not knockout_holds(0.2)
     assert knockout_holds(0.2, sign=1)
+
+
+def test_a_hundreds_groups_rows_by_the_hundreds_digit_of_a():
+    rows = example_rows([(123, 4), (145, 5), (999, 1), (7, 3)])
+    assert [a_hundreds(r) for r in rows] == ["1", "1", "9", "0"]
+    assert accuracy_by(rows, torch.tensor([True, False, True, True]), a_hundreds) == {"0": 1.0, "1": 0.5, "9": 1.0}

@@ -570,3 +570,8 @@ def knockout_effects(model, rows: Sequence[dict], heads: Sequence[str], role: st
 def knockout_holds(change: float, sign: int = KNOCKOUT_EXPECTATION["sign"]) -> bool:
     """The failure rate moved by at least CAUSAL_CHANGE in the expected direction (`sign`: -1 = down)."""
     return change * sign >= CAUSAL_CHANGE
+
+
+def a_hundreds(row: dict) -> str:
+    """a's hundreds digit as text ("0" for a below 100): a key for `task.accuracy_by`."""
+    return str(row["a"] // 100 % 10)
