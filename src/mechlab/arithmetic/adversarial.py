@@ -4,7 +4,7 @@ each with its failure rate predicted before it is run (design document, extensio
 A design (`Design`) names the component of the circuit account it targets, builds its prompts as
 data rows (the project's row format, `data.Example`, through the one tokenizer; a position-level
 design also gives a positional remap, `compare.position_remap_hook`), and predicts its exact-match
-failure rate (`Prediction`). Two kinds of prediction:
+failure rate (`Prediction`). Three kinds of prediction:
 
 * **measured**: read from a measurement the account already has. `lookalike_prediction` takes the
   failure rate of the *in-distribution lookalikes* of the design's prompts: the rows of a reference
@@ -18,10 +18,10 @@ failure rate (`Prediction`). Two kinds of prediction:
 * **judgement**: a range and its rationale written into the design (`JUDGEMENTS`), committed before
   the design was run; used where no stored measurement speaks to the design.
 
-Two waves, each committed before it ran on the main model: the first six designs (layout_3plus1,
-layout_1plus3, swapped_positions, wrap_boundary, equal_operands, leading_zeros), then, after the
-first quick measurement showed swapped_positions keeping its answers, crossed_digits and
-realigned_3plus1 (their rationales say so).
+The predictions came in three commits, each before what it predicts ran on the main model: the
+first six designs (layout_3plus1, layout_1plus3, swapped_positions, wrap_boundary, equal_operands,
+leading_zeros); then, after the first quick measurement showed swapped_positions keeping its
+answers, crossed_digits and realigned_3plus1 (their rationales say so); then the knock-out below.
 
 `knockout_effects` is the causal check of the account's explanation of the 3 + 1 weakness: remove the
 named heads' attention from `=` onward to a's digits (`circuit.attention_knockout_hooks`) on 3 + 1
@@ -35,7 +35,7 @@ zeros) is measured as refused, with the tokenizer's message: the refusal is the 
 `task.exact_match`, under the design's positional remap if it has one). A prediction *holds* when
 the measured failure rate's Wilson 95% interval overlaps the predicted range (`prediction_holds`).
 
-`target_effects` is the causal check: mean-ablate each targeted component (`ablation.ablation_sweep`,
+`target_effects` is the generic causal check: mean-ablate each targeted component (`ablation.ablation_sweep`,
 scored by `task.evaluate_split`) on the design's prompts and on in-distribution prompts; a target
 that is what breaks should change its effect between the two.
 """
@@ -45,7 +45,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
@@ -109,8 +109,9 @@ class Evidence:
 class Design:
     """An input designed to break `targets` (component names, e.g. "L0H0", "MLP3"), the part of the
     circuit account they play (`account`). `pairs()` lists every operand pair it may use (`build`
-    samples them into data rows); its failure rate is predicted by `judgement` when set, otherwise
-    from the in-distribution lookalikes of its rows (`lookalike_prediction`, with `rationale`);
+    samples them into data rows); its failure rate is predicted by `judgement` when set, else by
+    `predictor(design, evidence, rows)`, else from the in-distribution lookalikes of its rows
+    (`lookalike_prediction`, with `rationale`);
     `remap(tokens)` ([MODEL_INPUT_LEN] int64 or None) moves positional embeddings, for designs that
     no prompt string can express; `rows(pairs)` turns pairs into data rows (default `example_rows`)."""
 
@@ -121,7 +122,7 @@ class Design:
     rationale: str = ""
     judgement: Prediction | None = None
     remap: Callable[[torch.Tensor], torch.Tensor] | None = None
-    rows: Callable[[Sequence[tuple[int, int]]], list[dict]] = field(default=None)
+    rows: Callable[[Sequence[tuple[int, int]]], list[dict]] | None = None
     predictor: Callable[["Design", Evidence, Sequence[dict]], Prediction] | None = None
 
     def __post_init__(self) -> None:
