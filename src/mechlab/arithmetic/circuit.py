@@ -103,11 +103,16 @@ def node_roles(measurements: pd.DataFrame, role_table: pd.DataFrame) -> dict[str
 
 # --- the 3 + 1 digit weakness ---------------------------------------------------------------------
 
-def layout_rows(a_digits: int, b_digits: int, m: int = MODULUS) -> list[dict]:
-    """Data rows of every pair (a, b) with these operand digit counts (0 counts as one digit)."""
+def layout_pairs(a_digits: int, b_digits: int) -> list[tuple[int, int]]:
+    """Every pair (a, b) of operands up to MAX_OPERAND with these digit counts (0 counts as one digit)."""
     def numbers(d):
         return range(0 if d == 1 else 10 ** (d - 1), min(10 ** d, MAX_OPERAND + 1))
-    return [Example(a, b, m, bucket_of(a, b, m)).to_json() for a in numbers(a_digits) for b in numbers(b_digits)]
+    return [(a, b) for a in numbers(a_digits) for b in numbers(b_digits)]
+
+
+def layout_rows(a_digits: int, b_digits: int, m: int = MODULUS) -> list[dict]:
+    """Data rows of every pair (a, b) with these operand digit counts (0 counts as one digit)."""
+    return [Example(a, b, m, bucket_of(a, b, m)).to_json() for a, b in layout_pairs(a_digits, b_digits)]
 
 
 def split_seen(rows: Sequence[dict], seen: Sequence[dict]) -> tuple[list[dict], list[dict]]:
