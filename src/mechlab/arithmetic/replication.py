@@ -318,8 +318,9 @@ def load_seed_run(run_dir: Path, seed: int, device: str = "cpu") -> tuple[torch.
     run_dir = Path(run_dir)
     model = load_checkpoint(run_dir / "model.pt", expected=main_model_config(seed), device=device)
     recipe = run_dir / "train_config.json"
-    if recipe.exists() and json.loads(recipe.read_text()).get("seed", seed) != seed:
-        raise ValueError(f"{recipe} names training seed {json.loads(recipe.read_text())['seed']}, expected {seed}")
+    recipe_seed = json.loads(recipe.read_text()).get("seed", seed) if recipe.exists() else seed
+    if recipe_seed != seed:
+        raise ValueError(f"{recipe} names training seed {recipe_seed}, expected {seed}")
     return model, json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -329,13 +330,11 @@ def replication_from_checkpoints(paths: dict[int, Path], data_dir: Path, referen
     each measured by `seed_findings(model, history, data_dir, **options)`. Returns (table, the
     findings per seed). Two seeds with identical weights are refused: the table would compare a
     run with itself."""
-    findings, weights = {}, {}
-    for seed, path in sorted(paths.items()):
-        model, history = load_seed_run(path, seed)
-        embed = model.W_E.detach()
-        twin = next((s for s, w in weights.items() if torch.equal(w, embed)), None)
+    runs = {seed: load_seed_run(path, seed) for seed, path in sorted(paths.items())}
+    seeds = list(runs)
+    for i, seed in enumerate(seeds):
+        twin = next((s for s in seeds[:i] if torch.equal(runs[s][0].W_E, runs[seed][0].W_E)), None)
         if twin is not None:
-            raise ValueError(f"seeds {twin} and {seed} have identical weights ({paths[twin]}, {path})")
-        weights[seed] = embed
-        findings[seed] = seed_findings(model, history, data_dir, **options)
+            raise ValueError(f"seeds {twin} and {seed} have identical weights ({paths[twin]}, {paths[seed]})")
+    findings = {seed: seed_findings(model, history, data_dir, **options) for seed, (model, history) in runs.items()}
     return replication_table(findings, reference_seed), findings
