@@ -62,7 +62,7 @@ def layer0_table(model, test: ArithmeticSplit, reference: ArithmeticSplit, n_pro
     `drop` (test exact match lost under mean ablation, values from `reference`'s prompts) and
     `impact` (`ablation.impact_class`)."""
     tokens = test.tokens[:n_prompts, :MODEL_INPUT_LEN]
-    roles = head_role_table(attention_patterns(model, tokens), tokens).set_index("head")
+    roles = head_role_table(attention_patterns(model, tokens)[:, :1], tokens).set_index("head")  # layer 0 only
     score = partial(evaluate_split, split=test, prefix="ablated")
     heads0 = [Component("head", 0, h) for h in range(model.cfg.n_heads)]
     sweep = ablation_sweep(model, score, heads0, ("mean",), reference_activations(model, reference.tokens[:, :MODEL_INPUT_LEN]),
@@ -165,11 +165,13 @@ def findings_from_splits(model, history: Sequence[dict], test: ArithmeticSplit, 
                 "training": training_findings(history)}
 
 
-def seed_findings(model, history: Sequence[dict], data_dir: Path, n: int = 1000, n_eval: int | None = None,
-                  n_reference: int = 1000) -> dict:
+def seed_findings(model, history: Sequence[dict], data_dir: Path, n: int = 2000, n_eval: int | None = None,
+                  n_reference: int = 2000) -> dict:
     """`findings_from_splits` on the data sets in `data_dir`: the first `n_eval` test rows (None:
     all 10,000; the 3 + 1 layout is about 2% of them) scored, the first `n` of them for attention
-    and DLA, the first `n_reference` validation rows as the mean-ablation reference."""
+    and DLA (notebook 05 uses 2,000, notebook 02 1,000), the first `n_reference` validation rows as
+    the mean-ablation reference (notebook 04: 2,000). Most of the time goes to scoring the test
+    split once per layer-0 head, ablated."""
     test = ArithmeticSplit.load(Path(data_dir), "test", n_eval)
     reference = ArithmeticSplit.load(Path(data_dir), "val", n_reference)
     return findings_from_splits(model, history, test, reference, min(n, len(test)))
