@@ -8,6 +8,7 @@ from mechlab.arithmetic.task import ArithmeticTask
 from mechlab.core.ensemble import Ensemble, EnsembleTask, stack_batches
 from mechlab.core.model import ModelConfig, build
 from mechlab.core.train import TrainConfig, train
+from mechlab.modular.mlp import MLPConfig
 from mechlab.modular.task import ModularTask, P, make_split, vocab
 
 RECIPE = TrainConfig(max_steps=6, lr=3e-3, warmup_steps=2, grad_clip=0.5, eval_every=3, checkpoint_every=3)
@@ -100,12 +101,18 @@ def test_an_interrupted_ensemble_run_resumes_to_the_same_weights(tiny_config, ti
     assert_same_weights(resumed, reference, tol=0)
 
 
-def test_a_task_whose_loss_runs_hooks_is_vectorised_too():
-    """The modular task's training loss reads only the last position through a hook (run_with_hooks)."""
-    config = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=P + 2, n_ctx=4,
-                         act_fn="relu", vocab=vocab("three_layer"))
-    task = ModularTask(make_split(P, n_train=64, n_test=64), "three_layer", batch_size=16)
-    ensemble = Ensemble.from_config(config, SEEDS, "cpu")
+MODULAR_MODELS = {
+    "three_layer": ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=P + 2, n_ctx=4,
+                               act_fn="relu", vocab=vocab("three_layer")),
+    "pair": MLPConfig(p=P, d_embed=8, d_hidden=16),
+}
+
+
+@pytest.mark.parametrize("fmt", MODULAR_MODELS)
+def test_the_modular_models_and_loss_are_vectorised_too(fmt):
+    """The grokking MLP, and a transformer whose training loss reads its last position through a hook."""
+    task = ModularTask(make_split(P, n_train=64, n_test=64), fmt, batch_size=16)
+    ensemble = Ensemble.from_config(MODULAR_MODELS[fmt], SEEDS, "cpu")
     batch = stack_batches([task.batch(0)] * 2)  # one task shared by both members
     losses = ensemble.map(task.loss, batch)
     assert losses.dtype == torch.float64 and losses[0] != losses[1]

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
+from transformer_lens import HookedTransformer
 
 from mechlab.core.model import build
 
@@ -100,11 +101,11 @@ class Ensemble(nn.Module):
         return len(self.configs)
 
     def _member_model(self) -> nn.Module:
-        """The meta member structure, in the ensemble's dtype, its TransformerLens config pointed at the
+        """The meta member structure in the ensemble's dtype; a HookedTransformer's config pointed at the
         ensemble's device and dtype (TransformerLens moves the tokens to `cfg.device`)."""
         weight = next(self.parameters())
         model = nn.Module.to(self._structure.model, dtype=weight.dtype)
-        if hasattr(model, "cfg"):
+        if isinstance(model, HookedTransformer):
             model.cfg.device, model.cfg.dtype = str(weight.device), weight.dtype
         return model
 
