@@ -1,20 +1,22 @@
 """Training N models of one shape at once (`mechlab.core.ensemble`) against training them one after
 another (not a test: numbers depend on the machine).
 
-    python -m mechlab.bench.ensemble [--sizes 1 4 16] [--steps 4] [--warmup 1] [--threads 2] [--compile]
+    python -m mechlab.bench.ensemble [--sizes 1 4 16] [--steps 5] [--warmup 1] [--threads 2] [--compile]
                                      [--data data] [--out figures/bench_ensemble.json]
 
 Every figure is timed through the one training loop (`core.train.train`): a plain model on its own
 task (what N separate runs would do N times over), and ensembles of N members on an `EnsembleTask`
 (each member its own data seed), batches of 128 per member, for two shapes: the main model (4 layers,
 d_model 128, 25 positions; main-task batches from `data/`) and the 3-layer modular model (d_model 64, 4
-positions; batches of its task, whose study trains on 512). A step's time is the time between the loop asking for two consecutive batches, averaged
-over `--steps` steps after `--warmup` untimed ones (no evaluation or checkpoint falls in between). On
-the CPU, and on CUDA when there is a GPU (else the JSON says it was not measured).
+positions; batches of its task, whose study trains on 512). A step's time is the time between the loop
+asking for two consecutive batches, the median over `--steps` steps after `--warmup` untimed ones (no
+evaluation or checkpoint falls in between). On the CPU, and on CUDA when there is a GPU (else the JSON
+says it was not measured). `--compile` times `TrainConfig(compile=True)` (give it `--warmup 2`).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +73,14 @@ class _Clock:
 
 
 def seconds_per_step(model: torch.nn.Module, task: Any, steps: int, warmup: int, compile: bool = False) -> float:
-    """Mean wall seconds of training steps `warmup` .. `warmup + steps - 1` of `model` on `task` in the loop."""
+    """Median wall seconds of training steps `warmup` .. `warmup + steps - 1` of `model` on `task` in the
+    loop (the median: on a shared machine a step now and then takes several times as long)."""
     device = next(model.parameters()).device
     clock = _Clock(task, device)
     last = warmup + steps  # the loop asks for this batch, then stops: the timed steps end there
     cfg = TrainConfig(max_steps=last + 2, eval_every=10**9, compile=compile)  # no evaluation falls in the run
     train(model, clock, cfg, progress=False, stop_after_steps=last + 1)
-    return (clock.times[last] - clock.times[warmup]) / steps
+    return statistics.median(clock.times[step + 1] - clock.times[step] for step in range(warmup, last))
 
 
 def throughput(shape: Shape, sizes: Sequence[int], steps: int, warmup: int, device: torch.device,
@@ -114,7 +117,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first allocates the "
                         "optimizer state; with --compile it compiles)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
