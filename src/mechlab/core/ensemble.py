@@ -166,6 +166,8 @@ class EnsembleTask:
     vectorised through `Ensemble.map` (so a task's loss must be vmappable: no boolean-mask indexing).
     evaluate: every member's metrics from its own task, `m<i>/<metric>`, plus `mean/<metric>` and
     `min/<metric>` across members, e.g. `stop_metric="min/val_exact"` stops once every member is there.
+    The plain names are absent, so early stopping needs its metric named too (`early_stopping_metric=
+    "mean/val_loss"`).
     """
 
     def __init__(self, tasks: Sequence[Any]):
