@@ -66,10 +66,11 @@ def answer_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 def answer_loss(model: torch.nn.Module, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy on the answer digits and <eos> only (prompt tokens are not trained on:
-    the operands are random, so predicting them only adds noise to the gradient)."""
+    the operands are random, so predicting them only adds noise to the gradient). Vmappable (no
+    boolean-mask indexing), so `core.ensemble` trains several models on it at once."""
     logits = answer_logits(model, tokens)
-    targets = tokens[:, ANSWER_START:].clone()
-    targets[targets == TOKENIZER.pad_id] = -100
+    targets = tokens[:, ANSWER_START:]
+    targets = targets.masked_fill(targets == TOKENIZER.pad_id, -100)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction=reduction)
 
 
