@@ -146,6 +146,16 @@ def test_the_main_recipe_can_be_rerun_with_another_schedule(generated_data, tmp_
     assert result.history[-1]["lr"] == pytest.approx(saved["lr"] * 0.5)  # at the floor since step 10
 
 
+def test_a_recipe_record_keeps_the_history_the_command_and_the_batch_size(tmp_path):
+    from mechlab.arithmetic.study import write_recipe_record
+
+    history = [{"step": 500, "seconds": 60, "val_exact": 0.2}]
+    path = write_recipe_record("fast", "batch 256, lr 2e-3", history, "python -m mechlab main train ...", tmp_path, 256)
+    assert path == tmp_path / "sweep" / "fast.json"
+    assert json.loads(path.read_text()) == {"description": "batch 256, lr 2e-3", "history": history,
+                                            "command": "python -m mechlab main train ...", "batch_size": 256}
+
+
 def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
     from mechlab.arithmetic.study import train_variant
 

@@ -160,12 +160,21 @@ def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] 
     return {name: evaluate_split(model, ArithmeticSplit.load(data_dir, name, limit), name) for name in sets}
 
 
-def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:
-    """Notebook 01's record of recipe variant `name` (out_dir/sweep/<name>.json, committed beside the model)."""
+def write_recipe_record(name: str, description: str, history: list[dict], command: str, out_dir: Path,
+                        batch_size: int = BATCH_SIZE) -> Path:
+    """A record of a recipe that was tried, for the recipe tables of notebooks 01 and 13:
+    out_dir/sweep/<name>.json (committed beside the model) with its metrics history and the command
+    that reproduces it."""
     record = Path(out_dir) / "sweep" / f"{name}.json"
-    write_json_atomic(record, {"description": RECIPE_VARIANTS[name][0], "history": result.history,
-                               "command": f"python -m mechlab main sweep --variant {name}"})
+    write_json_atomic(record, {"description": description, "history": history, "command": command,
+                               "batch_size": batch_size})
     return record
+
+
+def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:
+    """Notebook 01's record of recipe variant `name` (see `write_recipe_record`)."""
+    return write_recipe_record(name, RECIPE_VARIANTS[name][0], result.history,
+                               f"python -m mechlab main sweep --variant {name}", out_dir)
 
 
 MAIN = register_study(Study(
