@@ -177,7 +177,7 @@ def point_recipe(sweep: Sweep, study: Study, values: dict[str, Any], seed: int) 
 
 def point_id(values: dict[str, Any], seed: int) -> str:
     """"n_layers=2,d_model=64,seed=1": the point's run folder and row id."""
-    return ",".join(f"{short_name(k)}={str(v).replace(' ', '')}" for k, v in values.items()) + f",seed={seed}"
+    return ",".join([*(f"{short_name(k)}={str(v).replace(' ', '')}" for k, v in values.items()), f"seed={seed}"])
 
 
 def points(sweep: Sweep) -> list[Point]:
