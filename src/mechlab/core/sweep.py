@@ -124,21 +124,21 @@ def short_name(key: str) -> str:
 
 def sweep_problems(sweep: Sweep) -> list[str]:
     """Everything wrong with `sweep`: its study, grid keys and values, recipe and seeds."""
+    problems = []
     try:
         importlib.import_module(sweep.module)
     except ImportError as error:
-        return [f"module {sweep.module!r} cannot be imported ({error})"]
-    if sweep.study not in STUDIES:
-        return [f"unknown study {sweep.study!r} (importing {sweep.module} registers: {', '.join(sorted(STUDIES))})"]
-    study = STUDIES[sweep.study]
-    fields = {"model": {f.name for f in dataclasses.fields(study.model_config)},
+        problems.append(f"module {sweep.module!r} cannot be imported ({error})")
+    study = STUDIES.get(sweep.study)
+    if study is None:
+        problems.append(f"unknown study {sweep.study!r} (registered: {', '.join(sorted(STUDIES)) or 'none'})")
+    fields = {"model": {f.name for f in dataclasses.fields(study.model_config)} if study else None,
               "train": {f.name for f in dataclasses.fields(TrainConfig)}}
-    problems = []
     for key, values in sweep.grid.items():
         part, _, name = key.partition(".")
         if part not in fields:
             problems.append(f"grid key {key!r} must start with 'model.' or 'train.'")
-        elif name not in fields[part]:
+        elif fields[part] is not None and name not in fields[part]:  # (None: an unknown study's model)
             problems.append(f"{key!r} is not a field of the study's {part} config ({', '.join(sorted(fields[part]))})")
         elif name == "seed":
             problems.append(f"{key!r}: seeds are set by `seeds`")
@@ -153,7 +153,7 @@ def sweep_problems(sweep: Sweep) -> list[str]:
             problems.append(f"recipe change {name!r} is not a TrainConfig field other than seed")
     if not sweep.seeds or len(set(sweep.seeds)) < len(sweep.seeds):
         problems.append(f"seeds must be distinct and at least one, got {tuple(sweep.seeds)!r}")
-    if not problems:
+    if not problems:  # the grid is well formed: does every point's recipe run?
         problems = sorted({str(error) for error in _recipe_errors(sweep, study)})
     return problems
 
