@@ -48,6 +48,18 @@ def test_a_seed_sets_the_initialisation_and_the_batch_order(tmp_path):
     assert not torch.equal(study.make_task(True, seed=0).batch(0)[0], study.make_task(True, seed=1).batch(0)[0])
 
 
+def test_every_study_task_takes_the_seed_a_sweep_sets():
+    import inspect
+
+    import mechlab.__main__  # noqa: F401  (registers every study)
+    from mechlab.core.studies import STUDIES
+
+    for study in STUDIES.values():
+        inspect.signature(study.make_task).bind(True, seed=1)
+    from mechlab.arithmetic.study import make_task
+    assert "seed" in inspect.signature(make_task).parameters  # what the main study's lambda passes it to
+
+
 def test_a_sweep_runs_once_and_a_rerun_trains_nothing(tmp_path, capsys):
     sweep = tiny_sweep(tmp_path)
     rows = run_sweep(sweep)
