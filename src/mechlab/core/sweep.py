@@ -197,8 +197,8 @@ def points(sweep: Sweep) -> list[Point]:
 def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -> dict[str, Any]:
     """Train (or resume, or skip if finished) `point` into run_root/<point id> with the study's own
     `train`, and return its results row: the grid values, seed, parameter count, steps, training
-    seconds (to the last evaluation, as recorded in the run, so a skipped point gives the same row), why it stopped and the final evaluation's metrics (the last row of the run's history),
-    plus this call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and
+    seconds (to the last evaluation, as the run records them, so a skipped point gives the same row),
+    why it stopped and the final evaluation's metrics (the last row of the run's history), plus this call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and
     `wall_seconds`."""
     start = time.perf_counter()
     study = dataclasses.replace(STUDIES[sweep.study], model_config=point.model_config)
@@ -212,7 +212,8 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     final = result.history[-1] if result.history else {}
     return {"id": point.id, **{short_name(k): v for k, v in point.values.items()}, "seed": point.seed,
             "parameters": count_parameters(build(point.model_config, "cpu")), "steps": result.steps,
-            "seconds": round(final.get("seconds", result.seconds), 2), "stopped_because": result.stopped_because.removeprefix(ALREADY_FINISHED),
+            "seconds": round(final.get("seconds", result.seconds), 2),
+            "stopped_because": result.stopped_because.removeprefix(ALREADY_FINISHED),
             **{k: v for k, v in final.items() if k not in ("step", "lr", "seconds") and "/" not in k},
             "status": status, "wall_seconds": round(time.perf_counter() - start, 2)}
 
