@@ -17,7 +17,8 @@ committed under the study's export dir (for the grokking runs also series.pt / p
 `evaluate` prints its results; with --save it also writes them into the export dir (the main
 study's final_eval.json). `sweep NAME` trains every point of a registered sweep (mechlab.core.sweep:
 main_seeds, main_minimal, grokking_mlp_width) that has not finished, into runs/sweeps/NAME/, and writes its
-results table to checkpoints/sweeps/NAME.json (a --quick sweep: runs/sweeps/NAME/quick/results.json). Mistakes a user can make (a missing or damaged file, edited data, a run
+results table to checkpoints/sweeps/NAME.json (a --quick sweep: runs/sweeps/NAME/quick/results.json).
+Mistakes a user can make (a missing or damaged file, edited data, a run
 of another recipe, an invalid recipe) end with one line naming what is wrong, not a traceback.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ from mechlab.core.train import InvalidRecipeError, RunMismatchError
 
 # Errors that mean "the input is wrong", not "the code is wrong": reported in one line.
 USER_ERRORS = (data.DataError, TokenizerError, CheckpointFileError, ChecksumMismatchError, CheckpointMismatchError,
-               InvalidRecipeError, RunMismatchError, SweepError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+               InvalidRecipeError, RunMismatchError, SweepError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError)
 
 COMMANDS = ("train", "export", "evaluate", "sweep")
 
@@ -87,10 +89,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mechlab sweep", description="Run a registered sweep (mechlab.core.sweep): "
-                                "finished points are skipped, interrupted ones resumed.")
+    p = argparse.ArgumentParser(prog="python -m mechlab sweep", description="Run a registered sweep "
+                                "(mechlab.core.sweep): finished points are skipped, interrupted ones resumed.")
     p.add_argument("name", choices=sorted(SWEEPS))
-    p.add_argument("--quick", action="store_true", help="each point a quick run (results under runs/sweeps/NAME/quick/)")
+    p.add_argument("--quick", action="store_true", help="each point a quick run (results: runs/sweeps/NAME/quick/)")
     p.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1: this one)")
     p.add_argument("--address", help="run the points as Ray tasks on this cluster (e.g. ray://HOST:10001, or auto)")
     return p

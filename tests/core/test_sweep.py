@@ -102,7 +102,7 @@ def test_a_bad_sweep_names_every_mistake(tmp_path):
                     "grid key 'lr' must start with 'model.' or 'train.'", "'model.seed': seeds are set by `seeds`",
                     "'model.p' is fixed by the study's task", "recipe change 'nope' is not a TrainConfig field"]:
         assert mistake in str(error.value)
-    with pytest.raises(SweepError, match="unknown study 'nostudy'.*'train.lrr' is not a field of the study's train config"):
+    with pytest.raises(SweepError, match="unknown study 'nostudy'.*'train.lrr' is not a field of the study's train"):
         tiny_sweep(tmp_path, "nostudy", grid={"model.width": [1], "train.lrr": [1e-3]})
     with pytest.raises(SweepError, match="lr must be > 0, got -1.0"):
         tiny_sweep(tmp_path, grid={"train.lr": [1e-3, -1.0]})

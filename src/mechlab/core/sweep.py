@@ -198,8 +198,8 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     """Train (or resume, or skip if finished) `point` into run_root/<point id> with the study's own
     `train`, and return its results row: the grid values, seed, parameter count, steps, training
     seconds (to the last evaluation, as the run records them, so a skipped point gives the same row),
-    why it stopped and the final evaluation's metrics (the last row of the run's history), plus this call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and
-    `wall_seconds`."""
+    why it stopped and the final evaluation's metrics (the last row of the run's history), plus this
+    call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and `wall_seconds`."""
     start = time.perf_counter()
     study = dataclasses.replace(STUDIES[sweep.study], model_config=point.model_config)
     run_dir = sweep.run_root / point.id
