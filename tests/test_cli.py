@@ -55,3 +55,20 @@ def test_evaluate_writes_into_the_checkpoint_folder_only_when_asked(tmp_path, re
     assert cli(*args, "--save", cwd=tmp_path).returncode == 0
     saved = json.loads((tmp_path / "ck" / "final_eval.json").read_text())
     assert saved["test"]["test_exact"] >= 0.95  # the committed model, on the first 20 test rows
+
+
+
+def test_sweep_runs_a_registered_sweep_and_main_sweep_still_means_the_recipe_variants(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mechlab.__main__ import main, parser
+
+    monkeypatch.chdir(tmp_path)
+    main(["sweep", "grokking_mlp_width", "--quick"])
+    out = capsys.readouterr().out
+    assert "[2/2] d_hidden=128,seed=0: trained" in out
+    assert out.strip().endswith("wrote runs/sweeps/grokking_mlp_width/quick/results.json")
+    table = json.loads((tmp_path / "runs/sweeps/grokking_mlp_width/quick/results.json").read_text())
+    assert [row["id"] for row in table["rows"]] == ["d_hidden=64,seed=0", "d_hidden=128,seed=0"]
+    args = parser().parse_args(["main", "sweep", "--variant", "seed_lr"])  # notebook 01's command, unchanged
+    assert (args.study, args.command, args.variant) == ("main", "sweep", ["seed_lr"])

@@ -5,6 +5,7 @@
     python -m mechlab <study> export   [--quick] [--run-dir runs/<study>] [--out <export dir>]
     python -m mechlab <study> evaluate [--out <export dir>] [--limit N] [--save]
     python -m mechlab main sweep [--variant NAME ...] [--out checkpoints/main]   # notebook 01's recipe variants
+    python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001]   # a registered sweep
     python -m mechlab data [DIR]   # regenerate the main task's data sets and check them against the manifest
 
 Studies: main (the arithmetic model, notebooks 01-05), grokking_mlp, grokking_mlp_seed,
@@ -15,7 +16,10 @@ shakespeare_char_seed1, shakespeare_char_seed2, shakespeare_char_gpu (GPU only) 
 Tiny Shakespeare from $MECHLAB_SHAKESPEARE or ../shared/data/tinyshakespeare.txt, see mechlab.toylm.data). `export` writes everything
 committed under the study's export dir (for the grokking runs also series.pt / progress.json).
 `evaluate` prints its results; with --save it also writes them into the export dir (the main
-study's final_eval.json). Mistakes a user can make (a missing or damaged file, edited data, a run
+study's final_eval.json). `sweep NAME` trains every point of a registered sweep (mechlab.core.sweep:
+main_seeds, main_minimal, grokking_mlp_width) that has not finished, into runs/sweeps/NAME/, and writes its
+results table to checkpoints/sweeps/NAME.json (a --quick sweep: runs/sweeps/NAME/quick/results.json).
+Mistakes a user can make (a missing or damaged file, edited data, a run
 of another recipe, an invalid recipe) end with one line naming what is wrong, not a traceback.
 """
 from __future__ import annotations
@@ -29,7 +33,9 @@ from pathlib import Path
 import torch
 
 import mechlab.arithmetic.study as main_study
+import mechlab.arithmetic.sweeps  # noqa: F401  (registers the main study's sweeps)
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
+import mechlab.modular.sweeps  # noqa: F401  (registers the modular studies' sweeps)
 import mechlab.shakespeare.studies  # noqa: F401  (registers the Shakespeare GPT studies)
 import mechlab.toylm.studies  # noqa: F401  (registers the toy language models)
 from mechlab.arithmetic import data
@@ -37,11 +43,13 @@ from mechlab.arithmetic.tokenizer import TokenizerError
 from mechlab.core.io import CheckpointFileError, ChecksumMismatchError, write_json_atomic
 from mechlab.core.model import CheckpointMismatchError
 from mechlab.core.studies import STUDIES, get_study
+from mechlab.core.sweep import SWEEPS, SweepError, get_sweep, run_sweep
 from mechlab.core.train import InvalidRecipeError, RunMismatchError, TrainConfig
 
 # Errors that mean "the input is wrong", not "the code is wrong": reported in one line.
 USER_ERRORS = (data.DataError, TokenizerError, CheckpointFileError, ChecksumMismatchError, CheckpointMismatchError,
-               InvalidRecipeError, RunMismatchError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+               InvalidRecipeError, RunMismatchError, SweepError, FileNotFoundError, NotADirectoryError,
+               IsADirectoryError)
 
 COMMANDS = ("train", "export", "evaluate", "sweep")
 
@@ -99,6 +107,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mechlab sweep", description="Run a registered sweep "
+                                "(mechlab.core.sweep): finished points are skipped, interrupted ones resumed.")
+    p.add_argument("name", choices=sorted(SWEEPS))
+    p.add_argument("--quick", action="store_true", help="each point a quick run (results: runs/sweeps/NAME/quick/)")
+    p.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1: this one)")
+    p.add_argument("--address", help="run the points as Ray tasks on this cluster (e.g. ray://HOST:10001, or auto)")
+    return p
+
+
+def sweep_main(argv: list[str]) -> None:
+    """`python -m mechlab sweep NAME ...`"""
+    args = sweep_parser().parse_args(argv)
+    sweep = dataclasses.replace(get_sweep(args.name), quick=args.quick)
+    run_sweep(sweep, args.address, args.workers)
+    print(f"wrote {sweep.table_path}")
+
+
 def given(args: argparse.Namespace, *names: str) -> dict:
     """The options among `names` that were given on the command line."""
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
@@ -113,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["data"]:
         data.main(argv[1:])
+        return
+    if argv[:1] == ["sweep"]:
+        sweep_main(argv[1:])
         return
     args = parser().parse_args(argv)
     if args.threads:

@@ -35,7 +35,7 @@ class Study:
     """One trained model: its model config and recipe, how to build its task, where it lives.
 
     make_task(quick, **options) -> the training task (options: study-specific, e.g. the main
-        task's data_dir, length_balance).
+        task's data_dir, length_balance; every study's takes `seed`, the batch order, which a sweep sets).
     evaluate(checkpoint_dir, limit, **options) -> named metrics of the exported model in checkpoint_dir
         (options: e.g. the main task's data_dir).
     record() -> extra fields for the export's study.json (None: no study.json).

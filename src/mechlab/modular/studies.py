@@ -56,9 +56,11 @@ class ModularStudy:
     def build(self, device: str = "cpu") -> torch.nn.Module:
         return build(self.model_config, device)
 
-    def task(self, quick: bool = False) -> ModularTask:
-        """The training task (a quick run uses the same task: the split is small enough)."""
-        return ModularTask(self.split(), self.fmt, batch_size=self.batch_size, seed=self.train_config.seed)
+    def task(self, quick: bool = False, seed: int | None = None) -> ModularTask:
+        """The training task (a quick run uses the same task: the split is small enough); `seed` orders the
+        minibatches (default the recipe's seed; the split stays `split_seed`'s)."""
+        seed = self.train_config.seed if seed is None else seed
+        return ModularTask(self.split(), self.fmt, batch_size=self.batch_size, seed=seed)
 
     def evaluate(self, checkpoint_dir: Path, limit: int | None = None) -> dict[str, float]:
         """The task's metrics (train/test loss and accuracy) of the model exported in `checkpoint_dir`."""

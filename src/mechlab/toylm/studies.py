@@ -48,10 +48,12 @@ class ToyLMStudy:
     note: str
     n_series: int = 0
 
-    def task(self, quick: bool = False, data_path: Path | None = None) -> NextTokenTask:
+    def task(self, quick: bool = False, data_path: Path | None = None, seed: int | None = None) -> NextTokenTask:
+        """Next-token prediction on Tiny Shakespeare; `seed` draws the training windows (default the recipe's)."""
         corpus = load_shakespeare(data_path)
         return NextTokenTask(corpus.train, corpus.val, self.model_config.n_ctx, self.batch_size,
-                             seed=self.train_config.seed, n_eval_windows=QUICK_EVAL_WINDOWS if quick else N_EVAL_WINDOWS)
+                             seed=self.train_config.seed if seed is None else seed,
+                             n_eval_windows=QUICK_EVAL_WINDOWS if quick else N_EVAL_WINDOWS)
 
     def evaluate(self, checkpoint_dir: Path, limit: int | None = None, data_path: Path | None = None) -> dict[str, float]:
         """val_loss and train_loss_eval of the exported model over N_EVAL_WINDOWS (or `limit`) windows."""

@@ -1,0 +1,22 @@
+"""The main study's sweeps: the replication sweep changes the seed only, and the minimal-model grid holds
+the main model itself."""
+import dataclasses
+
+from mechlab.arithmetic.study import MAIN, TRAIN_CONFIG
+from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_SEEDS
+from mechlab.core.sweep import points
+
+
+def test_main_seeds_is_the_main_recipe_at_three_other_seeds():
+    found = points(MAIN_SEEDS)
+    assert [p.id for p in found] == ["seed=1", "seed=2", "seed=3"]
+    for point, seed in zip(found, (1, 2, 3)):
+        assert point.train_config == dataclasses.replace(TRAIN_CONFIG, seed=seed)
+        assert point.model_config == dataclasses.replace(MAIN.model_config, seed=seed)
+
+
+def test_main_minimal_is_layers_by_heads_and_holds_the_main_model():
+    found = {p.id: p for p in points(MAIN_MINIMAL)}
+    assert len(found) == 16 and "n_layers=1,n_heads=1,seed=0" in found
+    main_point = found["n_layers=4,n_heads=8,seed=0"]
+    assert (main_point.model_config, main_point.train_config) == (MAIN.model_config, MAIN.train_config)

@@ -1,0 +1,151 @@
+"""Sweeps: points of a grid x seeds, trained through a study's own train, resumable, with a results table."""
+import json
+
+import pytest
+import torch
+
+from mechlab.core.io import load_torch_dict
+from mechlab.core.studies import get_study
+from mechlab.core.sweep import Sweep, SweepError, load_results, plot_sweep, points, run_point, run_sweep
+
+MODULE = "mechlab.modular.sweeps"  # registers the modular studies
+
+
+def tiny_sweep(tmp_path, study="grokking_mlp", grid=None, **options) -> Sweep:
+    """A quick sweep of the grokking MLP (10 steps a point) writing under tmp_path."""
+    return Sweep("tiny", study, MODULE, grid={"model.d_hidden": [16, 32]} if grid is None else grid, quick=True,
+                 out_dir=tmp_path / "runs", results_path=tmp_path / "results.json", **options)
+
+
+def without(row: dict, *keys: str) -> dict:
+    return {k: v for k, v in row.items() if k not in keys}
+
+
+def last_checkpoints(sweep: Sweep) -> dict[str, tuple[int, int]]:
+    """Point id -> (mtime in ns, step) of its run's last.pt."""
+    paths = {point.id: sweep.run_root / point.id / "last.pt" for point in points(sweep)}
+    return {pid: (path.stat().st_mtime_ns, load_torch_dict(path)["step"]) for pid, path in paths.items()}
+
+
+def test_points_are_the_grid_times_the_seeds_with_readable_ids(tmp_path):
+    sweep = tiny_sweep(tmp_path, grid={"model.d_hidden": [16, 32], "train.lr": [1e-3]}, seeds=(1, 2),
+                       recipe={"weight_decay": 0.5})
+    found = points(sweep)
+    assert [p.id for p in found] == ["d_hidden=16,lr=0.001,seed=1", "d_hidden=16,lr=0.001,seed=2",
+                                     "d_hidden=32,lr=0.001,seed=1", "d_hidden=32,lr=0.001,seed=2"]
+    last = found[-1]
+    assert (last.model_config.d_hidden, last.model_config.seed, last.model_config.d_embed) == (32, 2, 128)
+    assert (last.train_config.lr, last.train_config.seed, last.train_config.weight_decay) == (1e-3, 2, 0.5)
+    assert last.train_config.max_steps == get_study("grokking_mlp").recipe(quick=True).max_steps  # quick-aware
+
+
+def test_a_seed_sets_the_initialisation_and_the_batch_order(tmp_path):
+    """grokking_mlp_seed trains in minibatches: its task's `seed` option draws their order."""
+    study = get_study("grokking_mlp_seed")
+    first, second = points(tiny_sweep(tmp_path, "grokking_mlp_seed", grid={}, seeds=(0, 1)))
+    assert (first.id, second.id) == ("seed=0", "seed=1")
+    assert first.model_config.seed == 0 and second.model_config.seed == 1
+    assert not torch.equal(study.make_task(True, seed=0).batch(0)[0], study.make_task(True, seed=1).batch(0)[0])
+
+
+def test_every_study_task_takes_the_seed_a_sweep_sets():
+    import inspect
+
+    import mechlab.__main__  # noqa: F401  (registers every study)
+    from mechlab.core.studies import STUDIES
+
+    for study in STUDIES.values():
+        inspect.signature(study.make_task).bind(True, seed=1)
+    from mechlab.arithmetic.study import make_task
+    assert "seed" in inspect.signature(make_task).parameters  # what the main study's lambda passes it to
+
+
+def test_a_sweep_runs_once_and_a_rerun_trains_nothing(tmp_path, capsys):
+    sweep = tiny_sweep(tmp_path)
+    rows = run_sweep(sweep)
+    assert [(row["id"], row["status"], row["steps"]) for row in rows] == [
+        ("d_hidden=16,seed=0", "trained", 10), ("d_hidden=32,seed=0", "trained", 10)]
+    assert rows[0]["parameters"] < rows[1]["parameters"] and 0 <= rows[0]["test_acc"] <= 1
+    table = json.loads(sweep.table_path.read_text())
+    assert table["command"] == "python -m mechlab sweep tiny --quick" and table["sweep"]["grid"] == sweep.grid
+    before = last_checkpoints(sweep)
+
+    again = run_sweep(sweep)
+    assert [row["status"] for row in again] == ["skipped", "skipped"]
+    assert "d_hidden=32,seed=0: skipped" in capsys.readouterr().out
+    assert last_checkpoints(sweep) == before  # no checkpoint rewritten, same steps
+    assert json.loads(sweep.table_path.read_text()) == table  # the same table: a re-run reproduces it
+    assert load_results(sweep.table_path) == [without(row, "status", "wall_seconds") for row in again]
+
+
+def test_an_interrupted_point_resumes_to_the_uninterrupted_weights(tmp_path):
+    """grokking_mlp_seed trains in minibatches, so the resumed run must also see the same batches."""
+    interrupted = tiny_sweep(tmp_path / "a", "grokking_mlp_seed", grid={})
+    uninterrupted = tiny_sweep(tmp_path / "b", "grokking_mlp_seed", grid={})
+    (point,) = points(interrupted)
+    assert run_point(interrupted, point, stop_after_steps=4)["status"] == "paused"
+    assert not interrupted.table_path.exists()
+    assert [row["status"] for row in run_sweep(interrupted)] == ["resumed"]
+    assert [row["status"] for row in run_sweep(uninterrupted)] == ["trained"]
+    weights = [load_torch_dict(s.run_root / point.id / "last.pt")["state_dict"] for s in (interrupted, uninterrupted)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert [without(row, "seconds") for row in load_results(interrupted.table_path)] == \
+        [without(row, "seconds") for row in load_results(uninterrupted.table_path)]  # all but the wall time
+
+
+def test_a_bad_sweep_names_every_mistake(tmp_path):
+    with pytest.raises(SweepError) as error:
+        tiny_sweep(tmp_path, grid={"model.n_layers": [1], "train.lr": [], "lr": [1e-3], "model.seed": [1],
+                                   "model.p": [97]}, recipe={"nope": 1})
+    for mistake in ["'model.n_layers' is not a field of the study's model config", "'train.lr' needs a non-empty list",
+                    "grid key 'lr' must start with 'model.' or 'train.'", "'model.seed': seeds are set by `seeds`",
+                    "'model.p' is fixed by the study's task", "recipe change 'nope' is not a TrainConfig field"]:
+        assert mistake in str(error.value)
+    with pytest.raises(SweepError, match="unknown study 'nostudy'.*'train.lrr' is not a field of the study's train"):
+        tiny_sweep(tmp_path, "nostudy", grid={"model.width": [1], "train.lrr": [1e-3]})
+    with pytest.raises(SweepError, match="lr must be > 0, got -1.0"):
+        tiny_sweep(tmp_path, grid={"train.lr": [1e-3, -1.0]})
+
+
+def test_the_plot_shows_one_marker_per_point(tmp_path):
+    rows = [{"id": f"d_hidden={w},seed={s}", "d_hidden": w, "seed": s, "test_acc": w / 100 + s}
+            for w in (16, 32) for s in (0, 1)]
+    fig = plot_sweep(rows, "d_hidden", "test_acc", color="seed")
+    assert [len(trace.x) for trace in fig.data] == [2, 2]
+    assert [trace.name for trace in fig.data] == ["0", "1"] and fig.layout.xaxis.title.text == "d_hidden"
+
+
+@pytest.mark.slow  # each spawned worker imports torch and TransformerLens: ~45 s on a loaded 2-core machine
+def test_two_workers_give_the_rows_of_one(tmp_path):
+    one, two = tiny_sweep(tmp_path / "one"), tiny_sweep(tmp_path / "two")
+    run_sweep(one)
+    rows = run_sweep(two, workers=2)
+    assert [row["status"] for row in rows] == ["trained", "trained"]
+    # The same rows but the wall time; the metrics to float precision (a worker computes on fewer threads).
+    for row_two, row_one in zip(load_results(two.table_path), load_results(one.table_path), strict=True):
+        floats = [k for k, v in row_one.items() if isinstance(v, float) and k != "seconds"]
+        assert without(row_two, "seconds", *floats) == without(row_one, "seconds", *floats)
+        assert [row_two[k] for k in floats] == pytest.approx([row_one[k] for k in floats], rel=1e-6)
+
+
+def test_a_sweep_on_ray_without_ray_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("ray is installed")
+    with pytest.raises(SweepError, match=r'^running a sweep on a Ray cluster needs ray: pip install "mechlab\[ray\]"$'):
+        run_sweep(tiny_sweep(tmp_path), address="ray://nowhere:10001")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow  # starting a local Ray instance takes about a minute
+def test_a_sweep_runs_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    sweep = tiny_sweep(tmp_path)
+    try:
+        rows = run_sweep(sweep, address="local")
+    finally:
+        ray.shutdown()
+    assert [row["status"] for row in rows] == ["trained", "trained"]
+    assert [row["id"] for row in load_results(sweep.table_path)] == ["d_hidden=16,seed=0", "d_hidden=32,seed=0"]
