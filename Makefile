@@ -14,6 +14,7 @@
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
+#   make sweep-NAME     run registered sweep NAME (main_seeds, main_minimal, grokking_mlp_width; WORKERS=N, RAY=ADDRESS)
 #   make bench          run the benchmarks
 #   make explore        the interactive explorer on http://127.0.0.1:7860 (installs the `explorer` extra on first use)
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew
@@ -95,12 +96,28 @@ train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* export
 	$(PY) -m mechlab $* evaluate --save
 
+# ---- sweeps ------------------------------------------------------------------------------------
+# make sweep-NAME: every point of registered sweep NAME (python -m mechlab sweep NAME) into
+# runs/sweeps/NAME/<point>/ (finished points skipped, interrupted ones resumed), results table
+# checkpoints/sweeps/NAME.json. WORKERS=N: N local processes; RAY=ADDRESS: each point a Ray task on
+# that cluster (installs the `ray` extra first). QUICK=1: quick points, results under runs/ only.
+WORKERS ?= 1
+RAY ?=
+RAY_STAMP := $(VENV)/.mechlab-ray-installed
+$(RAY_STAMP): pyproject.toml | $(VENV_STAMP)
+	$(PY) -m pip install -e ".[ray]"
+	touch $@
+
+sweep-%: | $(VENV_STAMP) data-checked $(if $(RAY),$(RAY_STAMP))
+	$(PY) -m mechlab sweep $* --workers $(WORKERS) $(if $(RAY),--address $(RAY)) $(QUICK_FLAG)
+
 # Writes figures/bench_{training,patching,shakespeare,explore}.json (+ .png/.svg): about 25 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab.bench.training
 	$(PY) -m mechlab.bench.patching --checkpoint checkpoints/main/model.pt
 	$(PY) -m mechlab.bench.shakespeare --train
 	$(PY) -m mechlab.bench.explore
+	$(PY) -m mechlab.bench.ensemble
 
 # ---- reports -----------------------------------------------------------------------------------
 # Notebooks run one at a time in name order (.NOTPARALLEL), each in its own folder as cwd.
