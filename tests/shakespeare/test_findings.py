@@ -11,7 +11,6 @@ from mechlab.shakespeare.findings import (
     corrupted_first_half,
     emergence_point,
     first_token_score,
-    icl_positions,
     induction_accuracy,
     induction_targets,
     layer_patching,
@@ -89,11 +88,6 @@ def test_first_token_score_tells_a_positional_head_from_a_previous_token_head():
     previous[0, 0, 0, torch.arange(1, pos), torch.arange(pos - 1)] = 1.0
     assert first_token_score(parked).item() == pytest.approx(1.0)
     assert first_token_score(previous).item() == pytest.approx(1 / (pos - 1))
-
-
-def test_icl_positions_scale_olssons_50th_and_500th_token_to_the_context():
-    assert icl_positions(512) == (51, 510)
-    assert icl_positions(64) == (6, 62)
 
 
 def test_emergence_is_the_first_snapshot_above_the_threshold():

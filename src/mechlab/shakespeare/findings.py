@@ -27,6 +27,7 @@ from mechlab.analysis.induction import (
     INDUCTION_THRESHOLD,
     detector_scores,
     heads_above,
+    icl_positions,
     in_context_learning_score,
     induction_score,
     loss_by_position,
@@ -107,12 +108,6 @@ def layer_patching(model, tokens: torch.Tensor, seq_len: int) -> pd.DataFrame:
 def val_windows(val: torch.Tensor, n_ctx: int, n: int) -> torch.Tensor:
     """(n, n_ctx) evenly spaced windows of the validation text (model inputs, no target column)."""
     return windows(val, window_starts(len(val), n_ctx, n), n_ctx)[:, :-1]
-
-
-def icl_positions(n_ctx: int) -> tuple[int, int]:
-    """(early, late) context positions of the in-context-learning score: Olsson et al.'s 50th and 500th
-    token of 512 scaled to `n_ctx` (n_ctx // 10 and n_ctx - 2: 6 and 62 for a context of 64)."""
-    return n_ctx // 10, n_ctx - 2
 
 
 def lm_scores(model, text: torch.Tensor, tokens: torch.Tensor, seq_len: int) -> dict[str, float]:
