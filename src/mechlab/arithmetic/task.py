@@ -27,6 +27,13 @@ TOKENIZER = ArithmeticTokenizer()
 EVAL_BATCH = 512
 
 
+def load_rows(data_dir: Path, name: str) -> list[dict]:
+    """The rows of `data_dir/<name>.jsonl`, checked against data_dir/manifest.json (edited data is refused, not used)."""
+    path = Path(data_dir) / f"{name}.jsonl"
+    verify_file(path)
+    return read_jsonl(path)
+
+
 @dataclass
 class ArithmeticSplit:
     """A tokenized data set. tokens: [n, SEQ_LEN]; rows: the JSON rows it came from."""
@@ -42,9 +49,7 @@ class ArithmeticSplit:
     @classmethod
     def load(cls, data_dir: Path, name: str, limit: int | None = None,
              tokenizer: ArithmeticTokenizer = TOKENIZER) -> "ArithmeticSplit":
-        path = Path(data_dir) / f"{name}.jsonl"
-        verify_file(path)  # against data_dir/manifest.json: edited data is refused, not used
-        rows = read_jsonl(path)
+        rows = load_rows(data_dir, name)
         return cls.from_rows(rows[:limit] if limit else rows, tokenizer)
 
     def __len__(self) -> int:
