@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import mechlab.arithmetic.extension_studies  # noqa: F401  (registers multitask, multimodulus, lstm, encdec)
 import mechlab.arithmetic.study  # noqa: F401  (registers "main")
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
 import mechlab.shakespeare.studies  # noqa: F401  (registers the Shakespeare GPT studies)
@@ -22,15 +23,16 @@ TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", 
            "toylm_attn_only_2l_lr1e2", "toylm_attn_only_2l_ctx256_lr1e2",
            "shakespeare_char_seed0", "shakespeare_char_seed1", "shakespeare_char_seed2"}
 GPU_ONLY = {"shakespeare_char_gpu"}  # registered for a make target on a GPU machine; nothing committed
+NOT_YET_TRAINED = {"multitask", "multimodulus", "lstm", "encdec"}  # issue 15's extensions: recipes fixed, nothing committed
 
 
 def test_every_trained_model_is_registered():
-    assert set(STUDIES) == TRAINED | GPU_ONLY
+    assert set(STUDIES) == TRAINED | GPU_ONLY | NOT_YET_TRAINED
     assert get_study("three_layer_wd01").export_dir.as_posix() == "checkpoints/three_layer/wd01"  # where notebook 12 reads it
 
 
 def test_an_unknown_study_is_a_clear_error():
-    with pytest.raises(KeyError, match="unknown study 'nope'; registered studies: grokking_mlp, .*three_layer_wd01"):
+    with pytest.raises(KeyError, match="unknown study 'nope'; registered studies: encdec, grokking_mlp, .*three_layer_wd01"):
         get_study("nope")
 
 
