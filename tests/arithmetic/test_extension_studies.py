@@ -11,6 +11,7 @@ import pytest
 from mechlab.arithmetic.extension_studies import BUDGET_EXAMPLES, MULTITASK
 from mechlab.arithmetic.study import MAIN
 from mechlab.core.model import build
+from mechlab.core.studies import get_study
 
 EXTENSIONS = ("multitask", "multimodulus", "lstm", "encdec")
 
@@ -30,19 +31,22 @@ def test_the_budget_is_the_main_recipes_examples():
 
 @pytest.mark.parametrize("name", EXTENSIONS)
 def test_quick_train_export_and_evaluate(name, tmp_path, repo_root, generated_data):
+    """`python -m mechlab NAME train --quick` (4 of its steps), then export and evaluate in this process."""
     if name == "multimodulus":  # the committed manifest: the regenerated files must match it
         data_dir = tmp_path / "mm"
         data_dir.mkdir()
         shutil.copy(repo_root / "data" / "multimodulus" / "manifest.json", data_dir / "manifest.json")
     else:
         data_dir = generated_data[0]
-    data = ("--data-dir", str(data_dir))
-    out = run_cli(name, "train", "--quick", "--threads", "1", "--set", "max_steps=4", *data, cwd=tmp_path)
+    out = run_cli(name, "train", "--quick", "--threads", "1", "--set", "max_steps=4", "--data-dir", str(data_dir),
+                  "--run-dir", "run", cwd=tmp_path)
     assert "stopped after 4 steps" in out
-    run_cli(name, "export", "--quick", "--out", "ck", cwd=tmp_path)
-    study = json.loads((tmp_path / "ck" / "study.json").read_text())
-    assert (study["name"], study["steps"], study["budget_examples"]) == (name, 4, BUDGET_EXAMPLES)
-    evaluated = json.loads(run_cli(name, "evaluate", "--out", "ck", "--limit", "20", *data, cwd=tmp_path))
+    study = get_study(name)
+    study.export(tmp_path / "run", tmp_path / "ck", quick=True)
+    record = json.loads((tmp_path / "ck" / "study.json").read_text())
+    assert (record["name"], record["steps"], record["budget_examples"]) == (name, 4, BUDGET_EXAMPLES)
+    evaluated = study.evaluate(tmp_path / "ck", 20, data_dir=data_dir)
     assert all(0 <= metrics[f"{set_name}_exact"] <= 1 for set_name, metrics in evaluated.items())
     if name == "multimodulus":
         assert sorted(evaluated) == ["test", "test_mod127", "test_mod97"]
+        assert set(evaluated["test_mod97"]) >= {"test_mod97_exact/mod_97", "test_mod97_exact/large_wrap"}
