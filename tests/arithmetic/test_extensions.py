@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from mechlab.arithmetic import extensions as X
-from mechlab.arithmetic.data import DataError, check_row, read_jsonl
+from mechlab.arithmetic.data import DataError, check_row
 from mechlab.arithmetic.task import ArithmeticSplit, breakdown, evaluate_split
 
 SMALL = {"train": 300, "val": 40, "test": 40}

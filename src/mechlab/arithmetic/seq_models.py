@@ -108,8 +108,8 @@ class ArithmeticEncDec(nn.Module):
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)  # shared: prompt and answer are the same characters
         self.pos_encoder = nn.Embedding(cfg.n_prompt, cfg.d_model)
         self.pos_decoder = nn.Embedding(cfg.n_answer, cfg.d_model)
-        layer = dict(d_model=cfg.d_model, nhead=cfg.n_heads, dim_feedforward=cfg.d_mlp, dropout=0.0,
-                     activation="gelu", batch_first=True, norm_first=True)
+        layer = {"d_model": cfg.d_model, "nhead": cfg.n_heads, "dim_feedforward": cfg.d_mlp, "dropout": 0.0,
+                 "activation": "gelu", "batch_first": True, "norm_first": True}
         self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**layer), cfg.n_encoder_layers,
                                              norm=nn.LayerNorm(cfg.d_model), enable_nested_tensor=False)
         self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**layer), cfg.n_decoder_layers,

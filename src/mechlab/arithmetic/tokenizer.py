@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -112,7 +112,7 @@ def prompt_chars(operators: str) -> list[str]:
     return CHARS + [op for op in operators if op not in CHARS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def prompt_regex(operators: str) -> re.Pattern:
     """`A op B mod M =` with op one of `operators`; groups a, op, b, m."""
     return re.compile(rf"^{NUMBER} ([{re.escape(operators)}]) {NUMBER} mod {NUMBER} =$")
