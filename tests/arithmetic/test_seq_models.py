@@ -81,7 +81,6 @@ def test_save_and_load_rebuild_the_same_model(tiny, tiny_task, tmp_path):
 
 
 def test_a_few_steps_of_the_training_loop_lower_the_loss(tiny, tiny_task):
-    torch.set_num_threads(1)
     before = answer_loss(tiny, tiny_task.val.tokens[:200]).item()
     result = train(tiny, tiny_task, TrainConfig(max_steps=30, lr=1e-2, eval_every=30, checkpoint_every=30), progress=False)
     after = answer_loss(tiny, tiny_task.val.tokens[:200]).item()

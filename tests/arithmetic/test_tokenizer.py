@@ -211,7 +211,7 @@ def test_bad_prompts_are_errors_naming_the_problem(tokenizer, prompt, message):
 
 
 def test_an_unknown_operator_is_refused_where_it_is_given():
-    with pytest.raises(TokenizerError, match=r"unknown operator '/'; the operators here are \+ - \*"):
+    with pytest.raises(TokenizerError, match=r"unknown operator '/'; the operators are \+ - \*"):
         format_prompt(1, 2, 113, "/")
     with pytest.raises(TokenizerError, match="unknown operator '%'"):
         Problem(1, 2, 113, op="%")

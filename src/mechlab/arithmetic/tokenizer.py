@@ -71,10 +71,10 @@ def check_operands(a: object, b: object, m: object) -> None:
         raise TokenizerError(f"operands must be >= 0 and modulus >= 1, got a={a}, b={b}, m={m}")
 
 
-def check_operator(op: object, operators: str = "".join(OPERATIONS)) -> None:
-    """Raise TokenizerError unless `op` is one of `operators`."""
-    if op not in tuple(operators):
-        raise TokenizerError(f"unknown operator {op!r}; the operators here are {' '.join(operators)}")
+def check_operator(op: object) -> None:
+    """Raise TokenizerError unless `op` is one of OPERATIONS' operators."""
+    if not isinstance(op, str) or op not in OPERATIONS:
+        raise TokenizerError(f"unknown operator {op!r}; the operators are {' '.join(OPERATIONS)}")
 
 
 @dataclass(frozen=True)
