@@ -54,22 +54,23 @@ class ArithmeticOracle(torch.nn.Module):
     """A stand-in for a trained arithmetic model: it reads each prompt from its tokens and puts all
     its logit mass on the true next answer token, except that on rows where `wrong(a, b, m)` holds it
     answers one digit too high in the last answer digit. Its exact match is known exactly, so tests
-    of scoring, greedy decoding and ablation can fail (a random model scores 0 everywhere)."""
+    of scoring, greedy decoding and ablation can fail (a random model scores 0 everywhere).
+    `operators`: the tokenizer's (the multi-task "+-*" too); rows whose operator is in `wrong_ops` are wrong."""
 
-    def __init__(self, wrong=lambda a, b, m: False):
+    def __init__(self, wrong=lambda a, b, m: False, operators: str = "+", wrong_ops: str = ""):
         super().__init__()
-        self.wrong = wrong
+        self.wrong, self.operators, self.wrong_ops = wrong, operators, wrong_ops
         self.dummy = torch.nn.Parameter(torch.zeros(1))  # gives the module a device and dtype
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [batch, pos] -> [batch, pos, d_vocab]
         from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, ArithmeticTokenizer, parse_prompt
 
-        tok = ArithmeticTokenizer()
-        logits = torch.full((*tokens.shape, len(VOCAB)), -10.0)
+        tok = ArithmeticTokenizer(self.operators)
+        logits = torch.full((*tokens.shape, tok.vocab_size), -10.0)
         for row, ids in enumerate(tokens.tolist()):
-            problem = parse_prompt(tok.decode(ids[:ANSWER_START]))
+            problem = parse_prompt(tok.decode(ids[:ANSWER_START]), self.operators)
             answer = list(problem.answer)
-            if self.wrong(problem.a, problem.b, problem.m):
+            if self.wrong(problem.a, problem.b, problem.m) or problem.op in self.wrong_ops:
                 answer[-1] = str((int(answer[-1]) + 1) % 10)
             targets = tok.encode_answer("".join(answer))  # digits, <eos>, <pad>...
             for pos in range(EQUALS_POS, tokens.shape[1]):

@@ -8,7 +8,8 @@
     python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001]   # a registered sweep
     python -m mechlab data [DIR]   # regenerate the main task's data sets and check them against the manifest
 
-Studies: main (the arithmetic model, notebooks 01-05), grokking_mlp, grokking_mlp_seed,
+Studies: main (the arithmetic model, notebooks 01-05), multitask, multimodulus, lstm, encdec (issue 15's
+extensions, mechlab.arithmetic.extension_studies; multimodulus writes its data to data/multimodulus), grokking_mlp, grokking_mlp_seed,
 grokking_transformer, three_layer, three_layer_wd01 (notebooks 10-12),
 toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l, toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2,
 toylm_attn_only_2l_ctx256_lr1e2 (notebooks 20-21), shakespeare_char_seed0,
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import mechlab.arithmetic.extension_studies  # noqa: F401  (registers multitask, multimodulus, lstm, encdec)
 import mechlab.arithmetic.study as main_study
 import mechlab.arithmetic.sweeps  # noqa: F401  (registers the main study's sweeps)
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
@@ -90,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="training run folder (default runs/<study>)")
     p.add_argument("--out", type=Path, help="export folder (default: the study's committed checkpoint folder)")
     p.add_argument("--limit", type=positive_int, help="evaluate: only the first N examples of each data set (main)")
-    p.add_argument("--data-dir", type=Path, help="main: the data folder (default data)")
+    p.add_argument("--data-dir", type=Path, help="main, multitask, lstm, encdec: the data folder (default data); multimodulus: its own (default data/multimodulus)")
     p.add_argument("--save", action="store_true", help="evaluate: also write the results into the export folder")
     main = p.add_argument_group("main study, train")
     main.add_argument("--max-steps", type=int, help="override the recipe's horizon (cosine schedule) from now on")

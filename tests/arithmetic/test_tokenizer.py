@@ -155,3 +155,67 @@ def test_encode_batch_needs_one_answer_per_prompt_and_keeps_its_shape_when_empty
 def test_decode_refuses_ids_that_are_not_integers():
     with pytest.raises(TokenizerError, match=r"token ids must be integers, got 1.7 \(float\)"):
         tok.decode([1, 1.7])
+
+
+# ---- the operator set: the main tokenizer is the "+" instance, the multi-task one has + - * ----------------------------
+
+multi = ArithmeticTokenizer("+-*")
+
+
+def test_the_main_vocabulary_and_a_main_prompts_ids_are_unchanged():
+    assert VOCAB == list("0123456789") + [" ", "+", "m", "o", "d", "=", "<pad>", "<bos>", "<eos>"]
+    assert tok.encode_example("234 + 567 mod 113 =", "14") == [17, 16, 16, 2, 3, 4, 10, 11, 10, 5, 6, 7, 10, 12, 13,
+                                                                14, 10, 1, 1, 3, 10, 15, 1, 4, 18, 16]
+    assert ArithmeticTokenizer.stoi == tok.stoi and tok.operators == "+"
+
+
+def test_the_multitask_vocabulary_appends_its_operators_after_the_main_one():
+    assert multi.vocab == VOCAB + ["-", "*"]
+    assert (multi.pad_id, multi.bos_id, multi.eos_id) == (tok.pad_id, tok.bos_id, tok.eos_id)
+    assert multi.encode_example("234 + 567 mod 113 =", "14") == tok.encode_example("234 + 567 mod 113 =", "14")
+
+
+@pytest.mark.parametrize("a, b, m, op, answer", [(234, 567, 113, "-", "6"), (5, 7, 113, "-", "111"),
+                                                  (234, 567, 113, "*", "16"), (1999, 1999, 113, "*", "95"),
+                                                  (12, 30, 113, "+", "42"), (7, 90, 97, "-", "14")])
+def test_multitask_prompts_round_trip(a, b, m, op, answer):
+    problem = Problem(a, b, m, op=op)
+    assert problem.answer == answer == str(eval(f"({a} {op} {b}) % {m}"))
+    ids = multi.encode_example(problem.prompt, problem.answer)
+    assert len(ids) == SEQ_LEN and ids[EQUALS_POS] == multi.stoi["="]
+    assert multi.decode(ids[:ANSWER_START]) == problem.prompt == f"{a} {op} {b} mod {m} ="
+    assert multi.decode_answer(ids[ANSWER_START:]) == answer
+    assert parse_prompt(multi.decode(ids[:ANSWER_START]), "+-*") == problem
+
+
+@pytest.mark.parametrize("m", [89, 97, 101, 127, 131])
+def test_prompts_of_any_modulus_round_trip_through_the_main_tokenizer(m):
+    problem = Problem(998, 999, m)
+    ids = tok.encode_example(problem.prompt, problem.answer)
+    assert parse_prompt(tok.decode(ids[:ANSWER_START])) == problem
+    assert tok.decode_answer(ids[ANSWER_START:]) == str((998 + 999) % m)
+
+
+@pytest.mark.parametrize("tokenizer, prompt, message", [
+    (tok, "234 - 567 mod 113 =", r"unknown character '-' at position 4 .*unknown operator: this tokenizer's operators are \+"),
+    (ArithmeticTokenizer("+-"), "2 * 5 mod 113 =", r"unknown character '\*' .*operators are \+ -"),
+    (multi, "234 / 567 mod 113 =", r"unknown character '/' at position 4"),
+    (multi, "234 -- 567 mod 113 =", r"malformed prompt .*'A OP B mod M =' \(OP one of \+ - \*\)"),
+    (multi, "-234 + 567 mod 113 =", "malformed prompt"),
+    (multi, "234 + 567 mod 5000 =", r"the modulus 5000 .* outside the allowed 1..1000"),
+    (multi, "12345 * 6789 mod 113 =", r"at most 21 fit \(an operand or the modulus is too long\)"),
+])
+def test_bad_prompts_are_errors_naming_the_problem(tokenizer, prompt, message):
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer.encode_prompt(prompt)
+
+
+def test_an_unknown_operator_is_refused_where_it_is_given():
+    with pytest.raises(TokenizerError, match=r"unknown operator '/'; the operators are \+ - \*"):
+        format_prompt(1, 2, 113, "/")
+    with pytest.raises(TokenizerError, match="unknown operator '%'"):
+        Problem(1, 2, 113, op="%")
+    with pytest.raises(TokenizerError, match="unknown operator '/'"):
+        ArithmeticTokenizer("+/")
+    with pytest.raises(TokenizerError, match="distinct and at least one"):
+        ArithmeticTokenizer("++")

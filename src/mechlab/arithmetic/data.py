@@ -5,6 +5,8 @@ Buckets (every pair gets exactly one; "edge" wins over the sum-based buckets):
     no_wrap      a + b < m
     single_wrap  m <= a + b < 2m
     large_wrap   a + b >= 2m
+For the other operators of the extensions (`mechlab.arithmetic.extensions`) the value a - b or a * b
+takes the place of a + b, and a - b < 0 is bucket "negative".
 
 Split scheme. Only 6,441 pairs have a + b < 113 and 19,210 have 113 <= a + b < 226, so the
 seed's 30% / 40% shares cannot be met with unique pairs. Instead every pair of the scarce
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from mechlab.arithmetic.tokenizer import Problem, TokenizerError
+from mechlab.arithmetic.tokenizer import OPERATIONS, Problem, TokenizerError
 from mechlab.core.io import sha256_file, write_json_atomic, write_text_atomic
 
 MODULUS = 113
@@ -35,24 +37,32 @@ BUCKETS = SCARCE_BUCKETS + ("large_wrap",)
 
 @dataclass(frozen=True)
 class Example(Problem):
-    """A problem (a, b, m: its `prompt` and `answer`) and the bucket it belongs to."""
+    """A problem (a, b, m and op: its `prompt` and `answer`) and the bucket it belongs to. Its row
+    has an "op" key only when op is not "+", so the main study's rows are those of a + b."""
 
     bucket: str
 
     def to_json(self) -> dict:
-        return {"a": self.a, "b": self.b, "m": self.m, "prompt": self.prompt, "answer": self.answer, "bucket": self.bucket}
+        op = {} if self.op == "+" else {"op": self.op}
+        return {"a": self.a, "b": self.b, "m": self.m, **op, "prompt": self.prompt, "answer": self.answer,
+                "bucket": self.bucket}
 
 
-def is_edge_case(a: int, b: int, m: int = MODULUS) -> bool:
-    return a == 0 or b == 0 or a == MAX_OPERAND or b == MAX_OPERAND or (a < 10 and b < 10) or (a + b) % m == 0
+def is_edge_case(a: int, b: int, m: int = MODULUS, op: str = "+") -> bool:
+    return (a == 0 or b == 0 or a == MAX_OPERAND or b == MAX_OPERAND or (a < 10 and b < 10)
+            or OPERATIONS[op](a, b) % m == 0)
 
 
-def bucket_of(a: int, b: int, m: int = MODULUS) -> str:
-    if is_edge_case(a, b, m):
+def bucket_of(a: int, b: int, m: int = MODULUS, op: str = "+") -> str:
+    """The bucket of `a op b mod m` (module docstring); a - b < 0 (subtraction only) is "negative"."""
+    if is_edge_case(a, b, m, op):
         return "edge"
-    if a + b < m:
+    value = OPERATIONS[op](a, b)
+    if value < 0:
+        return "negative"
+    if value < m:
         return "no_wrap"
-    if a + b < 2 * m:
+    if value < 2 * m:
         return "single_wrap"
     return "large_wrap"
 
@@ -160,7 +170,7 @@ class DataError(ValueError):
     """A data file that is malformed or differs from its manifest; the message names the file (and line)."""
 
 
-ROW_KEYS = ("a", "b", "m", "prompt", "answer", "bucket")
+ROW_KEYS = ("a", "b", "m", "prompt", "answer", "bucket")  # and "op" where it is not "+"
 
 
 def check_row(row: object, where: str) -> dict:
@@ -173,7 +183,7 @@ def check_row(row: object, where: str) -> dict:
         raise DataError(f"{where}: the row has no {', '.join(repr(k) for k in missing)} "
                         f"(a row needs the keys {', '.join(ROW_KEYS)})")
     try:
-        problem = Problem(row["a"], row["b"], row["m"])
+        problem = Problem(row["a"], row["b"], row["m"], op=row.get("op", "+"))
     except TokenizerError as error:
         raise DataError(f"{where}: {error}") from None
     if (row["prompt"], row["answer"]) != (problem.prompt, problem.answer):
@@ -183,7 +193,7 @@ def check_row(row: object, where: str) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a data file as dicts with keys a, b, m, prompt, answer, bucket. A line that is not
+    """Rows of a data file as dicts with keys a, b, m, prompt, answer, bucket (and op). A line that is not
     JSON, lacks a key, or whose prompt or answer disagrees with its a, b, m is a DataError naming
     the file and line."""
     path = Path(path)
@@ -242,9 +252,15 @@ def bucket_counts(rows: Iterable[Example]) -> dict[str, int]:
 
 def write_datasets(data_dir: Path, seed: int = SEED) -> dict:
     """Generate every data set into `data_dir/NAME.jsonl` and return the manifest (not written)."""
+    return write_manifested(data_dir, make_all_datasets(seed), {"seed": seed, "modulus": MODULUS})
+
+
+def write_manifested(data_dir: Path, datasets: dict[str, list[Example]], header: dict) -> dict:
+    """Write each data set to `data_dir/NAME.jsonl` and return its manifest (not written): `header`
+    plus, per file, its rows, sha256 and bucket counts."""
     data_dir = Path(data_dir)
-    manifest: dict = {"seed": seed, "modulus": MODULUS, "files": {}}
-    for name, rows in make_all_datasets(seed).items():
+    manifest: dict = {**header, "files": {}}
+    for name, rows in datasets.items():
         path = data_dir / f"{name}.jsonl"
         write_jsonl(path, rows)
         manifest["files"][path.name] = {"rows": len(rows), "sha256": sha256_file(path), "buckets": bucket_counts(rows)}

@@ -156,9 +156,10 @@ def load_analysis_model(checkpoint, allow_random: bool = False, device: str = "c
 
 
 def evaluate_checkpoint(checkpoint: Path, data_dir: Path, sets: tuple[str, ...] = EVAL_SETS,
-                        limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Greedy exact match (and loss) of a saved model on each named data set."""
-    model = load_checkpoint(checkpoint, expected=main_model_config())
+                        limit: int | None = None, expected=None) -> dict[str, dict[str, float]]:
+    """Greedy exact match (and loss) of a saved model on each named data set. `expected`: the model's
+    config (default the main model's; the LSTM and encoder-decoder studies pass theirs)."""
+    model = load_checkpoint(checkpoint, expected=expected or main_model_config())
     return {name: evaluate_split(model, ArithmeticSplit.load(data_dir, name, limit), name) for name in sets}
 
 

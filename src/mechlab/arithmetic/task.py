@@ -27,6 +27,13 @@ TOKENIZER = ArithmeticTokenizer()
 EVAL_BATCH = 512
 
 
+def load_rows(data_dir: Path, name: str) -> list[dict]:
+    """The rows of `data_dir/<name>.jsonl`, checked against data_dir/manifest.json (edited data is refused, not used)."""
+    path = Path(data_dir) / f"{name}.jsonl"
+    verify_file(path)
+    return read_jsonl(path)
+
+
 @dataclass
 class ArithmeticSplit:
     """A tokenized data set. tokens: [n, SEQ_LEN]; rows: the JSON rows it came from."""
@@ -35,15 +42,15 @@ class ArithmeticSplit:
     tokens: torch.Tensor
 
     @classmethod
-    def from_rows(cls, rows: list[dict]) -> "ArithmeticSplit":
-        return cls(rows, TOKENIZER.encode_batch([r["prompt"] for r in rows], [r["answer"] for r in rows]))
+    def from_rows(cls, rows: list[dict], tokenizer: ArithmeticTokenizer = TOKENIZER) -> "ArithmeticSplit":
+        """Rows tokenized by `tokenizer` (default the main one; the multi-task one for `-` and `*`)."""
+        return cls(rows, tokenizer.encode_batch([r["prompt"] for r in rows], [r["answer"] for r in rows]))
 
     @classmethod
-    def load(cls, data_dir: Path, name: str, limit: int | None = None) -> "ArithmeticSplit":
-        path = Path(data_dir) / f"{name}.jsonl"
-        verify_file(path)  # against data_dir/manifest.json: edited data is refused, not used
-        rows = read_jsonl(path)
-        return cls.from_rows(rows[:limit] if limit else rows)
+    def load(cls, data_dir: Path, name: str, limit: int | None = None,
+             tokenizer: ArithmeticTokenizer = TOKENIZER) -> "ArithmeticSplit":
+        rows = load_rows(data_dir, name)
+        return cls.from_rows(rows[:limit] if limit else rows, tokenizer)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -117,6 +124,21 @@ def digit_lengths(row: dict) -> str:
     return f"{len(str(row['a']))}+{len(str(row['b']))}"
 
 
+def operator_of(row: dict) -> str:
+    """The row's operator: its "op", or "+" (the main study's rows have no "op")."""
+    return row.get("op", "+")
+
+
+def modulus_of(row: dict) -> int:
+    return row["m"]
+
+
+# The breakdowns `evaluate_split` can report: name -> (key prefix after "<prefix>_exact/", grouping key).
+BREAKDOWNS = {"bucket": ("", "bucket"), "digits": ("digits_", digit_lengths), "op": ("op_", operator_of),
+              "modulus": ("mod_", modulus_of)}
+MAIN_BREAKDOWNS = ("bucket", "digits")
+
+
 def accuracy_by(rows: list[dict], correct: torch.Tensor, key) -> dict[str, float]:
     """Mean of `correct` grouped by `key(row)` (a function) or `row[key]` (a field name)."""
     groups: dict[str, list[bool]] = defaultdict(list)
@@ -136,9 +158,11 @@ def teacher_forced_exact(logits: torch.Tensor, answers: torch.Tensor) -> torch.T
     return ((logits.argmax(-1) == answers) | ~scored).all(-1)
 
 
-def evaluate_split(model: torch.nn.Module, split: ArithmeticSplit, prefix: str,
-                   batch_size: int = EVAL_BATCH) -> dict[str, float]:
-    """Loss, exact match of the greedy answer, and exact match per bucket and per operand digit length.
+def evaluate_split(model: torch.nn.Module, split: ArithmeticSplit, prefix: str, batch_size: int = EVAL_BATCH,
+                   by: tuple[str, ...] = MAIN_BREAKDOWNS) -> dict[str, float]:
+    """Loss, exact match of the greedy answer, and exact match per group of each breakdown in `by`
+    (`BREAKDOWNS`; default per bucket and per operand digit length, the extensions add per operator
+    and per modulus): keys "<prefix>_exact/<tag><group>", e.g. "val_exact/op_-", "test_exact/mod_97".
 
     Exact match comes from one teacher-forced pass, equal to greedy decoding's (`teacher_forced_exact`;
     tests/arithmetic/test_task.py compares the two on a model that is partly right).
@@ -160,8 +184,9 @@ def evaluate_split(model: torch.nn.Module, split: ArithmeticSplit, prefix: str,
     n_answer = (split.answers != TOKENIZER.pad_id).sum()
     metrics = {f"{prefix}_loss": torch.stack(losses).sum().item() / n_answer.item(),
                f"{prefix}_exact": correct.float().mean().item()}
-    metrics |= {f"{prefix}_exact/{k}": v for k, v in accuracy_by(split.rows, correct, "bucket").items()}
-    metrics |= {f"{prefix}_exact/digits_{k}": v for k, v in accuracy_by(split.rows, correct, digit_lengths).items()}
+    for name in by:
+        tag, key = BREAKDOWNS[name]
+        metrics |= {f"{prefix}_exact/{tag}{k}": v for k, v in accuracy_by(split.rows, correct, key).items()}
     return metrics
 
 
@@ -174,13 +199,15 @@ class ArithmeticTask:
     count(its operand digit lengths) ** -length_balance, which draws rare layouts such as 3+1
     digits more often (0 = no change, 1 = every digit-length class equally often). Batches are
     drawn with replacement from a generator seeded by (seed, step), so batch(step) is
-    reproducible and a resumed run sees the same data.
+    reproducible and a resumed run sees the same data. `breakdowns` are the validation breakdowns
+    (`evaluate_split`'s `by`).
     """
 
     def __init__(self, train: ArithmeticSplit, val: ArithmeticSplit, batch_size: int, seed: int = 0,
                  bucket_weights: dict[str, float] | None = None, train_eval_size: int = 2000,
-                 length_balance: float = 0.0, rebalance_from: int = 0):
+                 length_balance: float = 0.0, rebalance_from: int = 0, breakdowns: tuple[str, ...] = MAIN_BREAKDOWNS):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.breakdowns = breakdowns
         weights = [1.0 if bucket_weights is None else bucket_weights[r["bucket"]] for r in train.rows]
         self.weights = torch.tensor(weights, dtype=torch.float)
         self.rebalanced_weights = self.weights * length_balance_factors(train.rows, length_balance)
@@ -200,7 +227,7 @@ class ArithmeticTask:
         return answer_loss(model, batch)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_split(model, self.val, "val") | {
+        return evaluate_split(model, self.val, "val", by=self.breakdowns) | {
             k: v for k, v in evaluate_split(model, self.train_eval, "train").items() if "/" not in k}
 
 
@@ -218,9 +245,14 @@ def main_model_config(seed: int = 0):
 
 
 def breakdown(metrics: dict[str, float], prefix: str, by: str = "bucket") -> dict[str, float]:
-    """One data set's exact match per bucket (`by="bucket"`) or per operand digit layout (`by="digits"`,
-    keys like "2+3") from `evaluate_split`'s metrics ("<prefix>_exact/<bucket>", "<prefix>_exact/digits_<a>+<b>")."""
-    if by not in ("bucket", "digits"):
-        raise ValueError(f"breakdown by 'bucket' or 'digits', not {by!r}")
+    """One data set's exact match per bucket (`by="bucket"`), per operand digit layout (`by="digits"`,
+    keys like "2+3"), per operator (`"op"`) or per modulus (`"modulus"`, keys like "97") from
+    `evaluate_split`'s metrics ("<prefix>_exact/<bucket>", "<prefix>_exact/digits_<a>+<b>", ...)."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"breakdown by {' or '.join(repr(name) for name in BREAKDOWNS)}, not {by!r}")
     rows = {k.removeprefix(f"{prefix}_exact/"): v for k, v in metrics.items() if k.startswith(f"{prefix}_exact/")}
-    return {k.removeprefix("digits_"): v for k, v in rows.items() if k.startswith("digits_") == (by == "digits")}
+    tag = BREAKDOWNS[by][0]
+    if tag:
+        return {k.removeprefix(tag): v for k, v in rows.items() if k.startswith(tag)}
+    tags = tuple(t for t, _ in BREAKDOWNS.values() if t)
+    return {k: v for k, v in rows.items() if not k.startswith(tags)}

@@ -8,11 +8,21 @@ Sequence layout used everywhere (training, evaluation, analysis):
 Left-padding every prompt to the same width puts `=` at the same position
 (`EQUALS_POS`) in every example and the answer digits right after it, so
 batches line up by position for greedy decoding and for activation patching.
+
+A tokenizer is parameterised by its operator set. The main study's is `+` only (`VOCAB`, whose ids
+the committed main model depends on). The multi-task tokenizer, `ArithmeticTokenizer("+-*")`, writes
+subtraction and multiplication as the single characters `-` and `*` in the same layout
+(`"234 - 567 mod 113 ="`): each operator is one token, as a `[SUB]`-style token would be, but the
+prompt stays characters, the operator stays between its operands and every prompt keeps its width.
+Extra operators get the ids after the special tokens, so every id of the main vocabulary (digits,
+`+`, `<pad>`, `<bos>`, `<eos>`) is the same in both, and a `+` prompt encodes to the same ids.
 """
 from __future__ import annotations
 
+import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 
@@ -29,7 +39,10 @@ N_ANSWER_TOKENS = MAX_ANSWER_DIGITS + 1  # answer digits + <eos>
 MODEL_INPUT_LEN = SEQ_LEN - 1  # what the model reads: every token but the last (which it only predicts)
 DIGIT_IDS = torch.tensor([VOCAB.index(str(d)) for d in range(10)])  # token ids of '0'..'9'
 
-PROMPT_RE = re.compile(r"^(0|[1-9][0-9]*) \+ (0|[1-9][0-9]*) mod (0|[1-9][0-9]*) =$")
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}  # every operator a tokenizer can have
+OPERATORS = "+"  # the main study's operator set
+MAX_MODULUS = 10 ** MAX_ANSWER_DIGITS  # answers 0..m-1 of a larger modulus could need more digits than the layout holds
+NUMBER = "(0|[1-9][0-9]*)"
 MAX_NUMBER_DIGITS = 100  # longer numbers are refused before int() (which stops at 4,300 digits)
 QUOTE_CHARS = 40  # error messages quote at most this much of the input
 
@@ -58,57 +71,101 @@ def check_operands(a: object, b: object, m: object) -> None:
         raise TokenizerError(f"operands must be >= 0 and modulus >= 1, got a={a}, b={b}, m={m}")
 
 
+def check_operator(op: object) -> None:
+    """Raise TokenizerError unless `op` is one of OPERATIONS' operators."""
+    if not isinstance(op, str) or op not in OPERATIONS:
+        raise TokenizerError(f"unknown operator {op!r}; the operators are {' '.join(OPERATIONS)}")
+
+
 @dataclass(frozen=True)
 class Problem:
+    """`a op b mod m`; `op` (keyword only) is "+" unless given."""
+
     a: int
     b: int
     m: int
+    op: str = field(default="+", kw_only=True)
 
     def __post_init__(self) -> None:
         check_operands(self.a, self.b, self.m)
+        check_operator(self.op)
 
     @property
     def prompt(self) -> str:
-        return format_prompt(self.a, self.b, self.m)
+        return format_prompt(self.a, self.b, self.m, self.op)
 
     @property
     def answer(self) -> str:
-        return str((self.a + self.b) % self.m)
+        return str(OPERATIONS[self.op](self.a, self.b) % self.m)
 
 
-def format_prompt(a: int, b: int, m: int) -> str:
-    """`format_prompt(234, 567, 113) == "234 + 567 mod 113 ="` (no leading zeros, single spaces)."""
+def format_prompt(a: int, b: int, m: int, op: str = "+") -> str:
+    """`format_prompt(234, 567, 113) == "234 + 567 mod 113 ="` (no leading zeros, single spaces);
+    `format_prompt(234, 567, 113, "-") == "234 - 567 mod 113 ="`."""
     check_operands(a, b, m)
-    return f"{a} + {b} mod {m} ="
+    check_operator(op)
+    return f"{a} {op} {b} mod {m} ="
 
 
-def parse_prompt(prompt: str) -> Problem:
-    """Inverse of `format_prompt`; raises TokenizerError naming what is malformed."""
+def prompt_chars(operators: str) -> list[str]:
+    """The characters a prompt of a tokenizer with these operators may hold."""
+    return CHARS + [op for op in operators if op not in CHARS]
+
+
+@cache
+def prompt_regex(operators: str) -> re.Pattern:
+    """`A op B mod M =` with op one of `operators`; groups a, op, b, m."""
+    return re.compile(rf"^{NUMBER} ([{re.escape(operators)}]) {NUMBER} mod {NUMBER} =$")
+
+
+def parse_prompt(prompt: str, operators: str = OPERATORS) -> Problem:
+    """Inverse of `format_prompt` for prompts whose operator is one of `operators` (default: the main
+    study's "+"); raises TokenizerError naming what is malformed."""
     _require_str(prompt, "a prompt")
+    allowed = prompt_chars(operators)
     for i, ch in enumerate(prompt):
-        if ch not in CHARS:
-            raise TokenizerError(f"unknown character {ch!r} at position {i} in {quote(prompt)}")
-    match = PROMPT_RE.match(prompt)
+        if ch not in allowed:
+            note = f" (unknown operator: this tokenizer's operators are {' '.join(operators)})" if ch in OPERATIONS else ""
+            raise TokenizerError(f"unknown character {ch!r} at position {i} in {quote(prompt)}{note}")
+    match = prompt_regex(operators).match(prompt)
     if match is None:
-        raise TokenizerError(
-            f"malformed prompt {quote(prompt)}: expected 'A + B mod M =' with single spaces and no leading zeros"
-        )
-    for name, digits in zip("abm", match.groups()):
+        shape = "'A + B mod M ='" if operators == "+" else f"'A OP B mod M =' (OP one of {' '.join(operators)})"
+        raise TokenizerError(f"malformed prompt {quote(prompt)}: expected {shape} with single spaces and no leading zeros")
+    a_digits, op, b_digits, m_digits = match.groups()
+    for name, digits in zip("abm", (a_digits, b_digits, m_digits)):
         if len(digits) > MAX_NUMBER_DIGITS:
             raise TokenizerError(f"{name} in prompt {quote(prompt)} has {len(digits):,} digits; "
                                  f"at most {MAX_NUMBER_DIGITS} are accepted")
-    a, b, m = (int(g) for g in match.groups())
+    a, b, m = int(a_digits), int(b_digits), int(m_digits)
     if m < 1:
         raise TokenizerError(f"the modulus must be >= 1, got {m} in {quote(prompt)}")
-    return Problem(a, b, m)
+    return Problem(a, b, m, op=op)
+
+
+def vocab_for(operators: str) -> list[str]:
+    """The vocabulary of a tokenizer with these operators: `VOCAB`, then each operator it lacks."""
+    if not operators or len(set(operators)) != len(operators):
+        raise TokenizerError(f"operators must be distinct and at least one, got {operators!r}")
+    for op in operators:
+        check_operator(op)
+    return VOCAB + [op for op in operators if op not in VOCAB]
 
 
 class ArithmeticTokenizer:
-    """Maps characters and the three special tokens to ids 0..len(VOCAB)-1."""
+    """Maps characters and the three special tokens to ids 0..vocab_size-1. `operators` (default
+    the main study's "+") are the operators its prompts may hold; see the module docstring."""
 
+    # The main tokenizer's vocabulary, also as class attributes (`ArithmeticTokenizer.stoi`).
+    operators: str = OPERATORS
     vocab: list[str] = VOCAB
     stoi: dict[str, int] = {s: i for i, s in enumerate(VOCAB)}
     pad_id, bos_id, eos_id = stoi[PAD], stoi[BOS], stoi[EOS]
+
+    def __init__(self, operators: str = OPERATORS):
+        if operators != OPERATORS:
+            self.operators = operators
+            self.vocab = vocab_for(operators)
+            self.stoi = {s: i for i, s in enumerate(self.vocab)}
 
     @property
     def vocab_size(self) -> int:
@@ -127,8 +184,12 @@ class ArithmeticTokenizer:
     def encode_prompt(self, prompt: str) -> list[int]:
         """`<bos>` + left-padded prompt: a list of 1 + PROMPT_WIDTH ids ending at "="."""
         if len(_require_str(prompt, "a prompt")) > PROMPT_WIDTH:
-            raise TokenizerError(f"prompt {quote(prompt)} has {len(prompt):,} characters; at most {PROMPT_WIDTH} fit")
-        parse_prompt(prompt)
+            raise TokenizerError(f"prompt {quote(prompt)} has {len(prompt):,} characters; at most {PROMPT_WIDTH} fit "
+                                 "(an operand or the modulus is too long)")
+        problem = parse_prompt(prompt, self.operators)
+        if problem.m > MAX_MODULUS:
+            raise TokenizerError(f"the modulus {problem.m} in {quote(prompt)} is outside the allowed 1..{MAX_MODULUS}: "
+                                 f"its answers could need more than the {MAX_ANSWER_DIGITS} answer digits")
         return [self.bos_id] + [self.pad_id] * (PROMPT_WIDTH - len(prompt)) + self.encode_chars(prompt)
 
     def encode_answer(self, answer: str) -> list[int]:
