@@ -9,7 +9,8 @@
 #   make train-NAME     the same for study NAME (grokking_mlp, grokking_mlp_seed, grokking_transformer,
 #                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
 #                       toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2, toylm_attn_only_2l_ctx256_lr1e2,
-#                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU; grokking_published_seed999/0/1):
+#                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU; grokking_published_seed999/0/1,
+#                       multitask, multimodulus, lstm, encdec: registered, not trained yet):
 #                       reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
@@ -55,7 +56,8 @@ STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three
            toylm_zero_layer toylm_attn_only_1l toylm_attn_only_2l toylm_attn_only_2l_ctx256 \
            toylm_attn_only_2l_lr1e2 toylm_attn_only_2l_ctx256_lr1e2 \
            shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu \
-           grokking_published_seed999 grokking_published_seed0 grokking_published_seed1
+           grokking_published_seed999 grokking_published_seed0 grokking_published_seed1 \
+           multitask multimodulus lstm encdec
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 
