@@ -115,6 +115,15 @@ def test_recipe_table_reports_when_each_target_was_first_reached():
     assert fast_row["steps per second"] == slow_row["steps per second"] == pytest.approx(8.33)
 
 
+def test_recipe_table_counts_examples_when_batch_sizes_differ():
+    from mechlab.arithmetic.study import recipe_table
+
+    history = [{"step": 500, "seconds": 60, "val_exact": 0.6}, {"step": 1000, "seconds": 120, "val_exact": 0.995}]
+    small, large = recipe_table({"small": history, "large": history}, at_step=1000, batch_sizes={"small": 128, "large": 256})
+    assert (small["examples to 99% (M)"], large["examples to 99% (M)"]) == (0.128, 0.256)
+    assert "examples to 99% (M)" not in recipe_table({"small": history}, at_step=1000)[0]
+
+
 def test_a_continuation_is_drawn_from_where_it_branched_off_its_parent():
     from mechlab.arithmetic.study import continuation_part
 

@@ -108,10 +108,12 @@ def largest_rise(history: list[dict], metric: str = "val_exact") -> tuple[dict, 
     return max(pairs, key=lambda pair: pair[1][metric] - pair[0][metric])
 
 
-def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[float, ...] = (0.5, 0.99)) -> list[dict]:
+def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[float, ...] = (0.5, 0.99),
+                 batch_sizes: dict[str, int] | None = None) -> list[dict]:
     """One row per recipe (name -> metrics history): training speed, validation exact match at
     `at_step`, the best reached, and the step and training minutes at which each target was first
-    reached (None if never)."""
+    reached (None if never). With `batch_sizes` (name -> examples per step), also the millions of
+    training examples seen by then, so recipes with other batch sizes compare."""
     table = []
     for name, history in records.items():
         at = [row for row in history if row["step"] <= at_step]
@@ -123,6 +125,8 @@ def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[fl
             hit = first_reaching(history, "val_exact", target)
             row[f"step to {target:.0%}"] = hit["step"] if hit else None
             row[f"minutes to {target:.0%}"] = round(hit["seconds"] / 60, 1) if hit else None
+            if batch_sizes is not None:
+                row[f"examples to {target:.0%} (M)"] = hit["step"] * batch_sizes[name] / 1e6 if hit else None
         table.append(row)
     return table
 
