@@ -23,8 +23,8 @@ TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", 
            "toylm_attn_only_2l_lr1e2", "toylm_attn_only_2l_ctx256_lr1e2",
            "shakespeare_char_seed0", "shakespeare_char_seed1", "shakespeare_char_seed2"}
 GPU_ONLY = {"shakespeare_char_gpu"}  # registered for a make target on a GPU machine; nothing committed
-# Registered with a make target, not trained yet: the published grokking regime (about 200 ms per full-batch
-# epoch on one CPU core, so up to 83 minutes per seed; issue 14) and issue 15's extensions (recipes fixed).
+# Registered with a make target, not trained yet: the published grokking regime (up to 25,000 full-batch
+# epochs per seed; issue 14) and issue 15's extensions (recipes fixed).
 NOT_YET_TRAINED = {"grokking_published_seed999", "grokking_published_seed0", "grokking_published_seed1",
                    "multitask", "multimodulus", "lstm", "encdec"}
 
