@@ -13,6 +13,7 @@ def test_main_seeds_is_the_main_recipe_at_three_other_seeds():
     for point, seed in zip(found, (1, 2, 3)):
         assert point.train_config == dataclasses.replace(TRAIN_CONFIG, seed=seed)
         assert point.model_config == dataclasses.replace(MAIN.model_config, seed=seed)
+    assert MAIN_SEEDS.export_root.as_posix() == "checkpoints/sweeps/main_seeds"  # where notebook 13 reads seed=N/
 
 
 def test_main_minimal_is_layers_by_heads_and_holds_the_main_model():

@@ -78,6 +78,18 @@ def test_a_sweep_runs_once_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert load_results(sweep.table_path) == [without(row, "status", "wall_seconds") for row in again]
 
 
+def test_an_exporting_sweep_exports_each_point_once_beside_its_table(tmp_path):
+    sweep = tiny_sweep(tmp_path, grid={}, seeds=(0, 1), export=True)
+    rows = run_sweep(sweep)
+    exports = [tmp_path / "exports" / "seed=0", tmp_path / "exports" / "seed=1"]
+    assert [row["export"] for row in rows] == [path.as_posix() for path in exports]
+    model = [load_torch_dict(path / "model.pt", "model") for path in exports]
+    assert [m["config"]["seed"] for m in model] == [0, 1]  # each point's own model
+    mtimes = [(path / "model.pt").stat().st_mtime_ns for path in exports]
+    assert [row["status"] for row in run_sweep(sweep)] == ["skipped", "skipped"]
+    assert [(path / "model.pt").stat().st_mtime_ns for path in exports] == mtimes  # not exported again
+
+
 def test_an_interrupted_point_resumes_to_the_uninterrupted_weights(tmp_path):
     """grokking_mlp_seed trains in minibatches, so the resumed run must also see the same batches."""
     interrupted = tiny_sweep(tmp_path / "a", "grokking_mlp_seed", grid={})

@@ -2,15 +2,18 @@
 
     main_seeds     the main recipe, unchanged, at seeds 1, 2, 3: does the result replicate beyond seed 0?
     main_minimal   layers x heads at seed 0: the smallest model that still learns the task
+
+Both export every finished point to checkpoints/sweeps/<name>/<point id>/ (model.pt, metrics.json), where
+notebook 13's replication table and test-set evaluation read them.
 """
 from __future__ import annotations
 
 from mechlab.arithmetic import study  # noqa: F401  (registers the main study)
 from mechlab.core.sweep import Sweep, register_sweep
 
-MAIN_SEEDS = register_sweep(Sweep("main_seeds", "main", __name__, seeds=(1, 2, 3)))
+MAIN_SEEDS = register_sweep(Sweep("main_seeds", "main", __name__, seeds=(1, 2, 3), export=True))
 # The recipe changes applied to every point of main_minimal (the main recipe as it is; the lead sets the budget).
 MINIMAL_RECIPE: dict = {}
 MAIN_MINIMAL = register_sweep(Sweep("main_minimal", "main", __name__,
                                     grid={"model.n_layers": [1, 2, 3, 4], "model.n_heads": [1, 2, 4, 8]},
-                                    seeds=(0,), recipe=MINIMAL_RECIPE))
+                                    seeds=(0,), recipe=MINIMAL_RECIPE, export=True))

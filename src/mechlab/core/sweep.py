@@ -18,8 +18,11 @@ Where things go:
     runs/sweeps/<name>/<point id>/   each point's training run (git-ignored, like every run under runs/)
     checkpoints/sweeps/<name>.json   the results table, committed beside the exported models: the sweep's
                                      definition, the command that reproduces it, one row per point
+    checkpoints/sweeps/<name>/<point id>/   with `export=True`: each finished point exported by the
+                                     study's own `export` (model.pt, metrics.json, ...), so analyses
+                                     such as the replication table read committed models, not runs
 A quick sweep (`--quick`: each point a quick run) trains into runs/sweeps/<name>/quick/ and writes its
-table there, so it never overwrites the committed one.
+table (and exports, under exports/) there, so it never overwrites the committed ones.
 
 Points run one after another in this process by default; `workers=N` runs N local processes, and
 `address=` runs each point as a Ray core task on that cluster (`pip install "mechlab[ray]"`; every
@@ -66,6 +69,7 @@ class Sweep:
 
     module: the module whose import registers the study (every worker process imports it).
     recipe: TrainConfig changes applied to every point (before the grid's `train.` values).
+    export: export each finished point with the study's `export` (into `export_root`/<point id>).
     out_dir: the run folders (default runs/sweeps/<name>); results_path: the results table
     (default checkpoints/sweeps/<name>.json, or <out_dir>/quick/results.json for a quick sweep).
     """
@@ -75,6 +79,7 @@ class Sweep:
     grid: dict[str, list] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     recipe: dict[str, Any] = field(default_factory=dict)
+    export: bool = False
     quick: bool = False
     out_dir: Path | None = None
     results_path: Path | None = None
@@ -98,13 +103,20 @@ class Sweep:
         return self.run_root / "results.json" if self.quick else RESULTS_DIR / f"{self.name}.json"
 
     @property
+    def export_root(self) -> Path:
+        """The folder holding one exported model per finished point (with `export=True`): beside the
+        results table, in a folder named like it without ".json"."""
+        return self.table_path.parent / ("exports" if self.quick else self.table_path.stem)
+
+    @property
     def command(self) -> str:
         """The command line that runs this (registered) sweep."""
         return f"python -m mechlab sweep {self.name}" + (" --quick" if self.quick else "")
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "study": self.study, "module": self.module, "grid": self.grid,
-                "seeds": list(self.seeds), "recipe": self.recipe, "quick": self.quick, "runs": str(self.run_root)}
+                "seeds": list(self.seeds), "recipe": self.recipe, "export": self.export, "quick": self.quick,
+                "runs": str(self.run_root)}
 
 
 @dataclass(frozen=True)
@@ -199,7 +211,8 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     `train`, and return its results row: the grid values, seed, parameter count, steps, training
     seconds (to the last evaluation, as the run records them, so a skipped point gives the same row),
     why it stopped and the final evaluation's metrics (the last row of the run's history), plus this
-    call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and `wall_seconds`."""
+    call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and `wall_seconds`.
+    With `sweep.export`, a finished point is exported (once) to export_root/<point id>, named in the row."""
     start = time.perf_counter()
     study = dataclasses.replace(STUDIES[sweep.study], model_config=point.model_config)
     run_dir = sweep.run_root / point.id
@@ -210,12 +223,18 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     status = ("skipped" if skipped else "paused" if result.stopped_because == "interrupted"
               else "resumed" if had_run else "trained")
     final = result.history[-1] if result.history else {}
+    exported = {}
+    if sweep.export and status != "paused":
+        out_dir = sweep.export_root / point.id
+        if not (out_dir / "model.pt").exists():
+            study.export(run_dir, out_dir, sweep.quick)
+        exported = {"export": out_dir.as_posix()}
     return {"id": point.id, **{short_name(k): v for k, v in point.values.items()}, "seed": point.seed,
             "parameters": count_parameters(build(point.model_config, "cpu")), "steps": result.steps,
             "seconds": round(final.get("seconds", result.seconds), 2),
             "stopped_because": result.stopped_because.removeprefix(ALREADY_FINISHED),
             **{k: v for k, v in final.items() if k not in ("step", "lr", "seconds") and "/" not in k},
-            "status": status, "wall_seconds": round(time.perf_counter() - start, 2)}
+            **exported, "status": status, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
 def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1) -> list[dict[str, Any]]:
