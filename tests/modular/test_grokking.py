@@ -11,6 +11,7 @@ from mechlab.modular.grokking import (
     crossings,
     detect_from_history,
     detect_grokking,
+    grokking_record,
     key_share_over_series,
     mlp_fourier_summary,
     progress_measures,
@@ -85,6 +86,23 @@ def test_circuit_before_test_loss_orders_the_first_steps_below_the_level():
     assert circuit_before_test_loss(progress, level=0.05)["circuit_first"] is None
     # both cross at the same evaluation: not "before"
     assert circuit_before_test_loss(progress, level=0.6)["circuit_first"] is False
+
+
+def test_a_grokking_record_says_whether_the_circuit_formed_during_the_plateau():
+    train, test = sigmoid_curve(EPOCHS, 300), sigmoid_curve(EPOCHS, 5000)
+    progress = [{"step": 500, "restricted_loss": 4.0, "test_loss": 5.0, "excluded_loss": 0.1},
+                {"step": 3000, "restricted_loss": 0.8, "test_loss": 3.0, "excluded_loss": 2.0},
+                {"step": 6000, "restricted_loss": 0.1, "test_loss": 0.2, "excluded_loss": 1.0}]
+    record = grokking_record(history(train, test), progress)
+    assert record["grokked"] and 1000 <= record["T"] <= 2000 and record["G50"] > 2 * record["T"]
+    assert (record["circuit epoch"], record["test loss epoch"], record["peak excluded loss epoch"]) == (3000, 6000, 3000)
+    assert record["circuit during plateau"] and record["epochs trained"] == 20_000
+    # the circuit "forming" before the training set is fitted is not forming during the plateau
+    early = [{**progress[0], "restricted_loss": 0.5}, *progress[1:]]
+    assert grokking_record(history(train, test), early)["circuit during plateau"] is False
+    # a run that never generalised: no test-loss epoch, so no claim either way
+    flat = grokking_record(history(train, [0.01] * len(EPOCHS)), [{**row, "test_loss": 4.0} for row in progress])
+    assert not flat["grokked"] and flat["test loss epoch"] is None and flat["circuit during plateau"] is None
 
 
 def planted_fourier_mlp(p: int = 13, k: int = 3):

@@ -97,6 +97,26 @@ def circuit_before_test_loss(progress: list[dict], level: float = 1.0) -> dict[s
             "peak_excluded_step": max(progress, key=lambda row: row["excluded_loss"])["step"]}
 
 
+def grokking_record(history: list[dict], progress: list[dict], level: float = 1.0) -> dict:
+    """One run's grokking in a row: the crossings T, G50, G95 and G50 / T, whether the 2x rule calls it
+    grokking, the epochs at which restricted and test loss first fall below `level`
+    (`circuit_before_test_loss`), whether the circuit came first *and* after memorisation (T <= circuit
+    epoch < test epoch: it formed during the plateau), and the final accuracies.
+
+    history: the training rows (step, train_acc, test_acc); progress: progress-measure rows
+    (step, restricted_loss, test_loss, excluded_loss), as `export_progress` writes them."""
+    cross, grokked = detect_from_history(history)
+    order = circuit_before_test_loss(progress, level)
+    circuit, test = order["circuit_step"], order["test_step"]
+    in_plateau = (None if cross.train_99 is None or circuit is None or test is None
+                  else cross.train_99 <= circuit < test)
+    return {"T": cross.train_99, "G50": cross.test_50, "G95": cross.test_95, "G50 / T": cross.delay_ratio,
+            "grokked": grokked is not None, "circuit epoch": circuit, "test loss epoch": test,
+            "circuit during plateau": in_plateau, "peak excluded loss epoch": order["peak_excluded_step"],
+            "epochs trained": history[-1]["step"], "final train acc": history[-1]["train_acc"],
+            "final test acc": history[-1]["test_acc"]}
+
+
 # --- Fourier structure of the grokking MLP (input (a, b), separate embeddings) ---
 
 ONE_FREQUENCY_SHARE = 0.5  # a neuron "is" frequency k when k carries at least this share of its variance
