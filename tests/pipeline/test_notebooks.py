@@ -4,9 +4,11 @@ from __future__ import annotations
 import ast
 import json
 import re
+import threading
 from pathlib import Path
 
 import plotly.express as px
+import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
@@ -109,6 +111,35 @@ def test_save_figure_writes_png_and_svg_that_are_byte_stable(tmp_path, chromium)
     plotting.save_figure(fig, "example", directory=tmp_path)
     assert (tmp_path / "example.png").read_bytes() == png
     assert (tmp_path / "example.svg").read_bytes() == svg  # plotly's random clip-path id is replaced
+
+
+def test_a_hung_export_is_retried_and_a_second_hang_is_a_clear_error(monkeypatch):
+    """kaleido's Chromium can hang for good; the watchdog gives up on a call after the timeout."""
+    release = threading.Event()  # lets the "hung" calls finish when the test ends
+    calls = []
+
+    def to_image(self, **options):
+        calls.append(options)
+        if len(calls) <= hangs:
+            release.wait()
+        return b"image"
+
+    monkeypatch.setattr(go.Figure, "to_image", to_image)
+    try:
+        hangs = 1
+        assert plotting._to_image(go.Figure(), "example", timeout=0.2, format="png") == b"image"
+        assert len(calls) == 2
+        hangs, calls[:] = 2, []
+        with pytest.raises(plotting.FigureExportError, match="static export of 'example' hung twice"):
+            plotting._to_image(go.Figure(), "example", timeout=0.2, format="png")
+    finally:
+        release.set()
+
+
+def test_an_export_error_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(go.Figure, "to_image", lambda self, **options: (_ for _ in ()).throw(ValueError("bad format")))
+    with pytest.raises(ValueError, match="bad format"):
+        plotting._to_image(go.Figure(), "example", format="nope")
 
 
 def test_quick_notebooks_save_no_figures(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -171,8 +172,17 @@ def show_circuitsvis(rendered: Any) -> None:
 
 
 # ---- static export ---------------------------------------------------------------------------
+# kaleido's Chromium has been seen to hang for good (a CI run under heavy load waited 26 minutes
+# on its pipe); one figure takes a few seconds, so an export still running after this long is hung.
+EXPORT_TIMEOUT_S = 120.0
+
+
 class BrowserNotFoundError(RuntimeError):
     pass
+
+
+class FigureExportError(RuntimeError):
+    """A static export that hung twice (kaleido's Chromium never answered)."""
 
 
 def find_browser() -> str | None:
@@ -182,6 +192,50 @@ def find_browser() -> str | None:
 
     path = Chromium.find_browser(skip_local=False)
     return path if path and Path(path).is_file() else None
+
+
+def _chromium_processes() -> dict[int, Any]:
+    """This process's descendant Chrome/Chromium processes (and kaleido's wrappers around them), by pid."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in " ".join(child.cmdline()).lower():
+                found[child.pid] = child
+        except psutil.Error:  # it exited meanwhile
+            pass
+    return found
+
+
+def _to_image(fig: go.Figure, name: str, timeout: float = EXPORT_TIMEOUT_S, **options: Any) -> bytes:
+    """`fig.to_image(**options)`, with a watchdog: if kaleido's Chromium has not answered after
+    `timeout` seconds, the browser it started is killed (which ends the hung call) and the export is
+    tried once more; a second hang is a FigureExportError naming the figure."""
+    for attempt in (1, 2):
+        before = _chromium_processes()
+        outcome: dict[str, Any] = {}
+
+        def export() -> None:
+            try:
+                outcome["image"] = fig.to_image(**options)
+            except Exception as error:  # noqa: BLE001  (re-raised below, in the caller's thread)
+                outcome["error"] = error
+
+        worker = threading.Thread(target=export, name=f"export {name}", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if "error" in outcome:
+            raise outcome["error"]
+        if "image" in outcome:
+            return outcome["image"]
+        for pid, process in _chromium_processes().items():
+            if pid not in before:
+                process.kill()
+        logging.getLogger(__name__).warning("static export of %r hung for %.0f s (attempt %d of 2); "
+                                            "killed its browser", name, timeout, attempt)
+    raise FigureExportError(f"static export of {name!r} hung twice for {timeout:.0f} s: kaleido's Chrome/Chromium "
+                            "never answered. Re-run; if it persists, check the browser with `chromium --version`.")
 
 
 def _stable_svg_ids(svg: str, name: str) -> str:
@@ -208,6 +262,7 @@ def save_figure(fig: go.Figure, name: str, formats: Iterable[str] = ("png", "svg
 
     Writes nothing after `setup_notebook(quick=True)`. Without Chrome/Chromium it prints one line
     saying the static export was skipped (or, with `require_browser`, raises BrowserNotFoundError).
+    An export that hangs is retried once after `EXPORT_TIMEOUT_S` (`_to_image`).
     """
     if not _SAVING["enabled"]:
         return
@@ -226,10 +281,10 @@ def save_figure(fig: go.Figure, name: str, formats: Iterable[str] = ("png", "svg
     for fmt in formats:
         path = directory / f"{name}.{fmt}"
         if fmt == "svg":
-            svg = fig.to_image(format="svg", width=width, height=height).decode()
+            svg = _to_image(fig, name, format="svg", width=width, height=height).decode()
             write_text_atomic(path, _stable_svg_ids(svg, name))
         else:
-            write_bytes_atomic(path, fig.to_image(format=fmt, width=width, height=height, scale=scale))
+            write_bytes_atomic(path, _to_image(fig, name, format=fmt, width=width, height=height, scale=scale))
 
 
 def heatmap(values: Any, x: Sequence | None = None, y: Sequence | None = None, title: str = "", *,
