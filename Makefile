@@ -93,6 +93,10 @@ TRAIN_FLAGS_grokking_transformer := --stop-after-steps 425
 TRAIN_FLAGS_shakespeare_char_seed0 := --threads 1
 TRAIN_FLAGS_shakespeare_char_seed1 := --threads 1
 TRAIN_FLAGS_shakespeare_char_seed2 := --threads 1
+# So were the published-regime grokking runs (three at once on the 2-core machine).
+TRAIN_FLAGS_grokking_published_seed999 := --threads 1
+TRAIN_FLAGS_grokking_published_seed0 := --threads 1
+TRAIN_FLAGS_grokking_published_seed1 := --threads 1
 train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
