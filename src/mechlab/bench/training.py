@@ -1,10 +1,12 @@
 """Training-throughput benchmark of the main model (not a test: numbers depend on the machine).
 
-    python -m mechlab.bench.training [--steps 30] [--batch-size 256] [--out figures/bench_training.json]
+    python -m mechlab.bench.training [--steps 30] [--batch-size 256] [--batch-sizes 128 256 512 1024]
+                                     [--out figures/bench_training.json]
 
 Prints the machine, the measured fp32 matmul peak, training throughput (examples/s, tokens/s
 and achieved GFLOP/s estimated as 6 * parameters * tokens per second) for each way a step can run
-(eager or compiled, float32 or bfloat16 autocast), and, from the committed
+(eager or compiled, float32 or bfloat16 autocast), the fastest way's throughput at each of
+`--batch-sizes` (what a recipe search trades steps against), and, from the committed
 training record (checkpoints/main/metrics.json), the wall time and steps to the accuracy target.
 """
 from __future__ import annotations
@@ -66,12 +68,16 @@ def matmul_peak_gflops(device: torch.device, n: int = 1024, repeats: int = 20) -
 # The ways a training step can run (TrainConfig's `compile` and `precision`), timed side by side.
 STEP_VARIANTS = {"eager float32": (False, "float32"), "compiled float32": (True, "float32"),
                  "compiled bfloat16": (True, "bfloat16")}
+FASTEST = "compiled bfloat16"  # the variant timed at every batch size
 
 
 def training_throughput(device: torch.device, steps: int, batch_size: int, compile: bool = False,
                         precision: str = "float32") -> dict[str, float]:
     """Time `steps` AdamW steps of the main model on random answer-shaped batches, run as the training
-    loop runs them with TrainConfig(compile=..., precision=...) (compilation excluded from the time)."""
+    loop runs them with TrainConfig(compile=..., precision=...) (compilation excluded from the time).
+    A compiled step starts from an empty compile cache, as a new training run does."""
+    if compile:
+        torch._dynamo.reset()  # no graph compiled for another batch size or precision is reused
     model = build_model(main_model_config(), device=device)
     optimizer = make_optimizer(model, TrainConfig(max_steps=1))
     seq_len = SEQ_LEN
@@ -118,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[128, 256, 512, 1024])
     parser.add_argument("--metrics", type=Path, default=Path("checkpoints/main/metrics.json"))
     parser.add_argument("--out", type=Path, default=Path("figures/bench_training.json"))
     args = parser.parse_args()
@@ -134,6 +141,13 @@ def main() -> None:
         result["training"][name] = t
         print(f"training, {name}: {t['examples_per_s']:.0f} examples/s, {t['tokens_per_s']:.0f} tokens/s, "
               f"{t['gflops']:.1f} GFLOP/s ({100 * t['fraction_of_peak']:.0f}% of the fp32 peak), batch {t['batch_size']}")
+    result["by_batch_size"] = []
+    for batch_size in args.batch_sizes:
+        t = training_throughput(device, args.steps, batch_size, *STEP_VARIANTS[FASTEST])
+        t["fraction_of_peak"] = t["gflops"] / result["matmul_peak_gflops"]
+        result["by_batch_size"].append(t)
+        print(f"training, {FASTEST}, batch {batch_size}: {t['examples_per_s']:.0f} examples/s "
+              f"({t['seconds_per_step']:.3f} s a step)")
     result["time_to_99"] = time_to_target(args.metrics)
     write_json_atomic(args.out, result)
     print(f"time to 99% val exact match: {json.dumps(result['time_to_99'])}")
