@@ -241,3 +241,10 @@ def test_a_run_resumed_with_compilation_switched_on_follows_the_eager_run(tiny_t
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         tiny_train_config(precision="float8")
+
+
+def test_step_rate_is_steps_over_recorded_seconds_between_two_evaluations():
+    from mechlab.arithmetic.study import step_rate
+    history = [{"step": 500, "seconds": 100.0}, {"step": 1000, "seconds": 250.0}, {"step": 1500, "seconds": 350.0}]
+    assert step_rate(history, 1000, 1500) == 5.0
+    assert step_rate(history, 500, 1500) == 4.0

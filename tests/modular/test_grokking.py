@@ -97,12 +97,14 @@ def test_a_grokking_record_says_whether_the_circuit_formed_during_the_plateau():
     assert record["grokked"] and 1000 <= record["T"] <= 2000 and record["G50"] > 2 * record["T"]
     assert (record["circuit epoch"], record["test loss epoch"], record["peak excluded loss epoch"]) == (3000, 6000, 3000)
     assert record["circuit during plateau"] and record["epochs trained"] == 20_000
+    assert record["circuit lead"] == 3000  # epochs from restricted loss < 1 to test loss < 1
     # the circuit "forming" before the training set is fitted is not forming during the plateau
     early = [{**progress[0], "restricted_loss": 0.5}, *progress[1:]]
     assert grokking_record(history(train, test), early)["circuit during plateau"] is False
     # a run that never generalised: no test-loss epoch, so no claim either way
     flat = grokking_record(history(train, [0.01] * len(EPOCHS)), [{**row, "test_loss": 4.0} for row in progress])
     assert not flat["grokked"] and flat["test loss epoch"] is None and flat["circuit during plateau"] is None
+    assert flat["circuit lead"] is None
 
 
 def planted_fourier_mlp(p: int = 13, k: int = 3):

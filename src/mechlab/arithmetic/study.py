@@ -108,6 +108,13 @@ def largest_rise(history: list[dict], metric: str = "val_exact") -> tuple[dict, 
     return max(pairs, key=lambda pair: pair[1][metric] - pair[0][metric])
 
 
+def step_rate(history: list[dict], first_step: int, last_step: int) -> float:
+    """Training steps per second between two evaluated steps of a record (wall `seconds` as the loop
+    records them), e.g. over the part of a resumed run after its restart."""
+    rows = {row["step"]: row["seconds"] for row in history}
+    return (last_step - first_step) / (rows[last_step] - rows[first_step])
+
+
 def recipe_table(records: dict[str, list[dict]], at_step: int, targets: tuple[float, ...] = (0.5, 0.99),
                  batch_sizes: dict[str, int] | None = None) -> list[dict]:
     """One row per recipe (name -> metrics history): training speed, validation exact match at

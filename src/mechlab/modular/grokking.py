@@ -100,8 +100,9 @@ def circuit_before_test_loss(progress: list[dict], level: float = 1.0) -> dict[s
 def grokking_record(history: list[dict], progress: list[dict], level: float = 1.0) -> dict:
     """One run's grokking in a row: the crossings T, G50, G95 and G50 / T, whether the 2x rule calls it
     grokking, the epochs at which restricted and test loss first fall below `level`
-    (`circuit_before_test_loss`), whether the circuit came first *and* after memorisation (T <= circuit
-    epoch < test epoch: it formed during the plateau), and the final accuracies.
+    (`circuit_before_test_loss`) and how many epochs apart they are (the circuit's lead), whether the
+    circuit came first *and* after memorisation (T <= circuit epoch < test epoch: it formed during the
+    plateau), and the final accuracies.
 
     history: the training rows (step, train_acc, test_acc); progress: progress-measure rows
     (step, restricted_loss, test_loss, excluded_loss), as `export_progress` writes them."""
@@ -112,6 +113,7 @@ def grokking_record(history: list[dict], progress: list[dict], level: float = 1.
                   else cross.train_99 <= circuit < test)
     return {"T": cross.train_99, "G50": cross.test_50, "G95": cross.test_95, "G50 / T": cross.delay_ratio,
             "grokked": grokked is not None, "circuit epoch": circuit, "test loss epoch": test,
+            "circuit lead": None if circuit is None or test is None else test - circuit,
             "circuit during plateau": in_plateau, "peak excluded loss epoch": order["peak_excluded_step"],
             "epochs trained": history[-1]["step"], "final train acc": history[-1]["train_acc"],
             "final test acc": history[-1]["test_acc"]}
