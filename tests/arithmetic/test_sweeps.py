@@ -7,11 +7,11 @@ from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_SEEDS
 from mechlab.core.sweep import points
 
 
-def test_main_seeds_is_the_main_recipe_at_three_other_seeds():
+def test_main_seeds_is_the_main_recipe_at_three_other_seeds_with_fast_steps():
     found = points(MAIN_SEEDS)
     assert [p.id for p in found] == ["seed=1", "seed=2", "seed=3"]
     for point, seed in zip(found, (1, 2, 3)):
-        assert point.train_config == dataclasses.replace(TRAIN_CONFIG, seed=seed)
+        assert point.train_config == dataclasses.replace(TRAIN_CONFIG, seed=seed, precision="bfloat16", compile=True)
         assert point.model_config == dataclasses.replace(MAIN.model_config, seed=seed)
     assert MAIN_SEEDS.export_root.as_posix() == "checkpoints/sweeps/main_seeds"  # where notebook 13 reads seed=N/
 
