@@ -57,7 +57,7 @@ STUDIES := grokking_mlp grokking_mlp_seed grokking_transformer three_layer three
            toylm_attn_only_2l_lr1e2 toylm_attn_only_2l_ctx256_lr1e2 \
            shakespeare_char_seed0 shakespeare_char_seed1 shakespeare_char_seed2 shakespeare_char_gpu \
            grokking_published_seed999 grokking_published_seed0 grokking_published_seed1 \
-           multitask multimodulus lstm encdec
+           multitask multimodulus lstm encdec emergence
 
 .PHONY: all venv .venv data data-checked train train-main $(addprefix train-,$(STUDIES)) bench test test-fast check-reports clean-reports
 

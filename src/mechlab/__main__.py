@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import mechlab.arithmetic.emergence  # noqa: F401  (registers emergence)
 import mechlab.arithmetic.extension_studies  # noqa: F401  (registers multitask, multimodulus, lstm, encdec)
 import mechlab.arithmetic.study as main_study
 import mechlab.arithmetic.sweeps  # noqa: F401  (registers the main study's sweeps)

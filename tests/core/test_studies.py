@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import mechlab.arithmetic.emergence  # noqa: F401  (registers emergence)
 import mechlab.arithmetic.extension_studies  # noqa: F401  (registers multitask, multimodulus, lstm, encdec)
 import mechlab.arithmetic.study  # noqa: F401  (registers "main")
 import mechlab.modular.studies  # noqa: F401  (registers the modular studies)
@@ -25,8 +26,8 @@ TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", 
            "grokking_published_seed999", "grokking_published_seed0", "grokking_published_seed1"}
 GPU_ONLY = {"shakespeare_char_gpu"}  # registered for a make target on a GPU machine; nothing committed
 # Registered with a make target, not trained yet: issue 15's extensions (recipes fixed).
-NOT_YET_TRAINED = {"multitask", "multimodulus", "lstm", "encdec"}
-READS_MAIN_DATA = {"main", "multitask", "lstm", "encdec"}  # make_task reads data/{train,val}.jsonl
+NOT_YET_TRAINED = {"multitask", "multimodulus", "lstm", "encdec", "emergence"}
+READS_MAIN_DATA = {"main", "multitask", "lstm", "encdec", "emergence"}  # make_task reads data/{train,val}.jsonl
 
 
 def test_every_trained_model_is_registered():
@@ -35,7 +36,7 @@ def test_every_trained_model_is_registered():
 
 
 def test_an_unknown_study_is_a_clear_error():
-    with pytest.raises(KeyError, match="unknown study 'nope'; registered studies: encdec, grokking_mlp, .*three_layer_wd01"):
+    with pytest.raises(KeyError, match="unknown study 'nope'; registered studies: emergence, encdec, grokking_mlp, .*three_layer_wd01"):
         get_study("nope")
 
 

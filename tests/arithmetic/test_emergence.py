@@ -1,0 +1,89 @@
+"""Emergence during training: planted series for the onset rules and the verdict, a tiny model for the
+measurements, and a quick run of the study exported with its series and measurements."""
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from mechlab.arithmetic.emergence import (
+    EMERGENCE,
+    MEASURES,
+    ProbeData,
+    attention_after_jump_verdict,
+    load_measures,
+    onset_step,
+    onsets,
+    series_measures,
+    snapshot_measures,
+    steepest_interval,
+    timing_against_exit,
+)
+from mechlab.arithmetic.sweeps import MAIN_SEEDS
+from mechlab.arithmetic.task import ArithmeticSplit
+from mechlab.core.model import build_model
+from mechlab.core.runs import load_series
+from mechlab.core.sweep import points
+
+STEPS = [500, 1000, 1500, 2000, 2500, 3000]
+PLATEAU_HISTORY = [{"step": s, "val_exact": v} for s, v in zip(STEPS, [0.02, 0.3, 0.32, 0.3, 0.9, 0.99])]  # exit 2,000 -> 2,500
+
+
+def test_the_onset_is_the_first_step_past_half_the_net_change():
+    assert onset_step(STEPS, [0.0, 0.1, 0.2, 0.6, 0.9, 1.0]) == 2000
+    assert onset_step(STEPS, [1.0, 0.9, 0.4, 0.2, 0.1, 0.0]) == 1500  # a falling measurement too
+    assert onset_step(STEPS, [0.3] * 6) is None  # no net change, no onset
+
+
+def test_the_steepest_interval_and_its_share_of_the_net_change():
+    assert steepest_interval(STEPS, [0.0, 0.1, 0.2, 0.8, 0.9, 1.0]) == (1500, 2000, pytest.approx(0.6))
+    assert steepest_interval(STEPS, [4, 4, 4, 1, 0, 0]) == (1500, 2000, pytest.approx(0.75))
+
+
+def test_onsets_are_placed_before_at_or_after_the_plateau_exit():
+    table = pd.DataFrame({"step": STEPS, "a_mass": [0.1, 0.4, 0.5, 0.5, 0.5, 0.5],  # formed during the plateau
+                          "test_exact": [0.0, 0.3, 0.3, 0.3, 0.9, 1.0],
+                          "mlp_share": [0.0, 0.0, 0.0, 0.0, 0.1, 0.8]})  # after the exit
+    timed, exit_ = timing_against_exit(onsets(table, ["mlp_share", "a_mass", "test_exact"]), PLATEAU_HISTORY)
+    assert (exit_["from_step"], exit_["to_step"]) == (2000, 2500)
+    assert timed.set_index("measure")["when"].to_dict() == {"a_mass": "before", "test_exact": "at", "mlp_share": "after"}
+    assert timed["measure"].tolist() == ["a_mass", "test_exact", "mlp_share"]  # sorted by onset
+
+
+def test_the_seeds_attention_claim_fails_when_a_reader_forms_before_the_exit():
+    timed = pd.DataFrame({"measure": ["a_mass", "b_mass"], "onset": [1000, 2500], "when": ["before", "at"]})
+    verdict, evidence = attention_after_jump_verdict(timed)
+    assert verdict == "failed" and "a_mass onset step 1000 (before the exit)" in evidence
+    assert attention_after_jump_verdict(timed.assign(when=["at", "after"]))[0] == "held"
+    assert attention_after_jump_verdict(timed.assign(when="no plateau"))[0] == "untested"
+
+
+def test_a_model_is_measured_on_every_measure(tiny_config, mixed_rows):
+    split = ArithmeticSplit.from_rows(mixed_rows)
+    data = ProbeData(split, split, mixed_rows, n_prompts=len(mixed_rows))
+    measures = snapshot_measures(build_model(tiny_config, "cpu"), data)
+    assert set(measures) == set(MEASURES)
+    assert all(0 <= measures[k] <= 1 for k in ("test_exact", "a_mass", "b_mass", "residue_acc"))
+    assert 0 <= measures["role_heads"] <= 4  # 2 layers x 2 heads
+
+
+def test_the_study_is_the_replication_sweeps_first_run():
+    """`emergence export --run-dir runs/sweeps/main_seeds/seed=1` exports the same run the study trains."""
+    seed1 = points(MAIN_SEEDS)[0]
+    assert (EMERGENCE.train_config, EMERGENCE.model_config) == (seed1.train_config, seed1.model_config)
+    assert EMERGENCE.train_config.snapshot_every in (None, 500) and EMERGENCE.train_config.checkpoint_every == 500
+
+
+def test_a_quick_run_exports_its_series_and_their_measurements(tmp_path, generated_data, monkeypatch):
+    (tmp_path / "data").symlink_to(generated_data[0])
+    monkeypatch.chdir(tmp_path)  # the export measures on data/
+    quick = dataclasses.replace(EMERGENCE, train_config=dataclasses.replace(EMERGENCE.train_config, compile=False))
+    quick.train(tmp_path / "run", quick=True, progress=False, data_dir=generated_data[0])
+    quick.export(tmp_path / "run", tmp_path / "ck", quick=True)
+    table = load_measures(tmp_path / "ck" / "emergence.json")
+    half = quick.recipe(quick=True).snapshot_every
+    assert table["step"].tolist() == [half, 2 * half] and set(MEASURES) <= set(table.columns)  # a snapshot every half
+    assert [step for step, _ in load_series(tmp_path / "ck" / "series.pt", EMERGENCE.model_config)] == [half, 2 * half]
+    assert json.loads((tmp_path / "ck" / "study.json").read_text())["name"] == "emergence"
+    with pytest.raises(FileNotFoundError, match="no step_.*snapshots"):
+        series_measures(tmp_path / "ck", EMERGENCE.model_config, generated_data[0])
