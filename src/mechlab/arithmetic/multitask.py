@@ -1,0 +1,94 @@
+"""Which components of the multi-task model serve which operation (issue 15, extension 1).
+
+The study `multitask` (`mechlab.arithmetic.extension_studies`) trains the main architecture on
+`a + b`, `a - b` and `a * b mod 113`. Two measurements answer "which heads and neurons are shared,
+which are task-specific, and does each task have its own residue account":
+
+* `per_task_ablation`: each component mean-ablated (`analysis.ablation.ablation_sweep`, the reference
+  values from prompts of every operator), its exact-match drop per operator; `component_sharing`
+  calls a component **shared** when its drop is critical (>= CRITICAL_DROP, notebook 04's class) for
+  two or more operators, **specific** to the one operator it is critical for, and **unused** otherwise.
+* `answer_probes`: per operator, linear probes at `=` for the answer's residue (113 classes and
+  each circle k) at every residual point, each scored on held-out prompts of its own operator and,
+  unchanged, on the other operators' prompts (`probe_transfer`). A probe that reads another
+  operator's answer as well as its own means one shared residue code; one that fails there, a code of
+  its own per task.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import pandas as pd
+import torch
+
+from mechlab.analysis.ablation import CRITICAL_DROP, Component, ablation_sweep
+from mechlab.analysis.probes import fit_probes, probe_transfer, residual_points
+from mechlab.arithmetic.data import MODULUS
+from mechlab.arithmetic.extensions import MULTITASK_OPERATORS, MULTITASK_TOKENIZER
+from mechlab.arithmetic.features import Feature
+from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, operator_of
+from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
+
+ANSWER = Feature("answer", "residue", "answer", MODULUS)  # (a op b) mod 113, whichever the operator
+
+
+def op_group(op: str) -> str:
+    """The `evaluate_split` group of operator `op` ("op_+")."""
+    return f"op_{op}"
+
+
+def per_task_ablation(model, split: ArithmeticSplit, components: Sequence[Component], reference: dict[str, torch.Tensor],
+                      operators: str = MULTITASK_OPERATORS) -> pd.DataFrame:
+    """`ablation_sweep` (mean ablation) of `components` on `split` (multi-task rows), with the score and
+    drop per operator ("score/op_+", "drop/op_+", ...); the row "none" is the unablated model."""
+    score = partial(evaluate_split, split=split, prefix="ablated", by=("op",))
+    return ablation_sweep(model, score, components, ("mean",), reference, metric="ablated_exact",
+                          groups=[op_group(op) for op in operators])
+
+
+def component_sharing(table: pd.DataFrame, operators: str = MULTITASK_OPERATORS,
+                      critical: float = CRITICAL_DROP) -> pd.DataFrame:
+    """One row per ablated component of a `per_task_ablation` table: its drop per operator, `serves`
+    (the operators whose drop is >= `critical`, in `operators` order) and `sharing` ("shared",
+    "specific to <op>" or "unused")."""
+    rows = table[table["component"] != "none"].set_index("component")
+    drops = rows[[f"drop/{op_group(op)}" for op in operators]].set_axis(list(operators), axis=1)
+    serves = drops.apply(lambda r: "".join(op for op in operators if r[op] >= critical), axis=1)
+    sharing = serves.map(lambda s: "shared" if len(s) >= 2 else f"specific to {s}" if s else "unused")
+    return drops.assign(serves=serves, sharing=sharing)
+
+
+def answer_values(rows: list[dict]) -> torch.Tensor:
+    """[n, 1] the answer of each row, (a op b) mod m, as an integer."""
+    return torch.tensor([[int(row["answer"])] for row in rows])
+
+
+def residual_at_equals(model, split: ArithmeticSplit, points: dict[str, str]) -> torch.Tensor:
+    """[n_points, n, 1, d_model]: the residual stream at `=` at each point (label -> hook name)."""
+    tokens = split.tokens[:, :MODEL_INPUT_LEN]
+    _, cache = model.run_with_cache(tokens, names_filter=list(points.values()))
+    return torch.stack([cache[hook][:, EQUALS_POS] for hook in points.values()])[:, :, None]
+
+
+@torch.no_grad()
+def answer_probes(model, rows: list[dict], operators: str = MULTITASK_OPERATORS, seed: int = 0) -> pd.DataFrame:
+    """Per operator of `rows` (multi-task data rows), probes for the answer at `=` fitted at every
+    residual point on 75% of that operator's rows; one row per (fitted on, point, target): `metric`,
+    `own` (held-out score on its operator) and one column per other operator (`probe_transfer`)."""
+    points = residual_points(model.cfg.n_layers)
+    by_op = {op: [r for r in rows if operator_of(r) == op] for op in operators}
+    acts = {op: residual_at_equals(model, ArithmeticSplit.from_rows(part, MULTITASK_TOKENIZER), points)
+            for op, part in by_op.items()}
+    tables = []
+    for op, part in by_op.items():
+        ones = torch.ones(len(part), 1, dtype=torch.bool)
+        probes, table = fit_probes(acts[op], ones, answer_values(part), [ANSWER], list(points), ["="], seed=seed)
+        table = table.set_index(["point", "target"])[["metric", "score"]].rename(columns={"score": "own"})
+        for other in operators:
+            if other != op:
+                scored = probe_transfer(probes, acts[other], torch.ones(len(by_op[other]), 1, dtype=torch.bool),
+                                        answer_values(by_op[other]))
+                table[f"on {other}"] = scored.set_index(["point", "target"])["score"]
+        tables.append(table.reset_index().assign(fitted_on=op))
+    return pd.concat(tables, ignore_index=True)
