@@ -36,8 +36,8 @@ import torch
 
 from mechlab.analysis.probes import cache_activations, fit_probes, probe_transfer
 from mechlab.arithmetic.data import MAX_OPERAND, MODULUS, Example, bucket_of
-from mechlab.arithmetic.task import ArithmeticSplit
-from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
+from mechlab.arithmetic.task import TOKENIZER, ArithmeticSplit
+from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, ArithmeticTokenizer
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,11 @@ def residue_grid_rows(m: int = MODULUS, max_operand: int = MAX_OPERAND, seed: in
 READOUT_FEATURES = ("a mod m", "b mod m", "(a+b) mod m")  # what `residue_readout` probes by default
 
 
-def activations_at_equals(model, rows: list[dict], hook_names: Sequence[str]) -> torch.Tensor:
-    """[len(hook_names), len(rows), d_model]: each hook's activation at `=` on each row's prompt."""
-    tokens = ArithmeticSplit.from_rows(rows).tokens[:, :MODEL_INPUT_LEN]
+def activations_at_equals(model, rows: list[dict], hook_names: Sequence[str],
+                          tokenizer: ArithmeticTokenizer = TOKENIZER) -> torch.Tensor:
+    """[len(hook_names), len(rows), d_model]: each hook's activation at `=` on each row's prompt
+    (written by `tokenizer`: the multi-task one for `-` and `*`)."""
+    tokens = ArithmeticSplit.from_rows(rows, tokenizer).tokens[:, :MODEL_INPUT_LEN]
     at_equals = torch.full((len(tokens), 1), EQUALS_POS)
     cache = cache_activations(model, tokens, hook_names, positions=at_equals)
     return torch.stack([cache[h][:, 0] for h in hook_names])

@@ -26,9 +26,8 @@ from mechlab.analysis.ablation import CRITICAL_DROP, Component, ablation_sweep
 from mechlab.analysis.probes import fit_probes, probe_transfer, residual_points
 from mechlab.arithmetic.data import MODULUS
 from mechlab.arithmetic.extensions import MULTITASK_OPERATORS, MULTITASK_TOKENIZER
-from mechlab.arithmetic.features import Feature
+from mechlab.arithmetic.features import Feature, activations_at_equals
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, operator_of
-from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN
 
 ANSWER = Feature("answer", "residue", "answer", MODULUS)  # (a op b) mod 113, whichever the operator
 
@@ -64,13 +63,6 @@ def answer_values(rows: list[dict]) -> torch.Tensor:
     return torch.tensor([[int(row["answer"])] for row in rows])
 
 
-def residual_at_equals(model, split: ArithmeticSplit, points: dict[str, str]) -> torch.Tensor:
-    """[n_points, n, 1, d_model]: the residual stream at `=` at each point (label -> hook name)."""
-    tokens = split.tokens[:, :MODEL_INPUT_LEN]
-    _, cache = model.run_with_cache(tokens, names_filter=list(points.values()))
-    return torch.stack([cache[hook][:, EQUALS_POS] for hook in points.values()])[:, :, None]
-
-
 @torch.no_grad()
 def answer_probes(model, rows: list[dict], operators: str = MULTITASK_OPERATORS, seed: int = 0) -> pd.DataFrame:
     """Per operator of `rows` (multi-task data rows), probes for the answer at `=` fitted at every
@@ -78,8 +70,8 @@ def answer_probes(model, rows: list[dict], operators: str = MULTITASK_OPERATORS,
     `own` (held-out score on its operator) and one column per other operator (`probe_transfer`)."""
     points = residual_points(model.cfg.n_layers)
     by_op = {op: [r for r in rows if operator_of(r) == op] for op in operators}
-    acts = {op: residual_at_equals(model, ArithmeticSplit.from_rows(part, MULTITASK_TOKENIZER), points)
-            for op, part in by_op.items()}
+    acts = {op: activations_at_equals(model, part, list(points.values()), MULTITASK_TOKENIZER)[:, :, None]
+            for op, part in by_op.items()}  # [n_points, n, 1 slot ("="), d_model]
     tables = []
     for op, part in by_op.items():
         ones = torch.ones(len(part), 1, dtype=torch.bool)
