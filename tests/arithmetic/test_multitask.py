@@ -9,7 +9,7 @@ from mechlab.analysis.ablation import Component, reference_activations
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of
 from mechlab.arithmetic.extension_studies import multitask_config
 from mechlab.arithmetic.extensions import MULTITASK_TOKENIZER, multitask_rows
-from mechlab.arithmetic.multitask import answer_probes, component_sharing, per_task_ablation
+from mechlab.arithmetic.multitask import answer_probes, component_sharing, neuron_selectivity, per_task_ablation
 from mechlab.arithmetic.task import ArithmeticSplit
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 from mechlab.core.model import build_model
@@ -58,3 +58,14 @@ def test_answer_probes_are_fitted_per_operator_and_scored_on_the_others(tiny_mul
     assert set(plus["point"]) == {"resid_pre 0", "resid_mid 0", "resid_pre 1", "resid_mid 1", "resid_post 1"}
     accuracy = plus[plus["target"] == "class"]
     assert accuracy["own"].between(0, 1).all() and (accuracy["metric"] == "accuracy").all()
+
+
+def test_each_neuron_gets_its_mean_activation_per_operator_and_preference(tiny_multitask):
+    model, rows = tiny_multitask
+    table = neuron_selectivity(model, rows)
+    assert len(table) == 2 * 32 and table.index[0] == "L0N0" and table.index[-1] == "L1N31"
+    row = table.iloc[0]
+    means = {op: row[op] for op in "+-*"}
+    assert row["prefers"] == max(means, key=means.get)
+    assert row["ratio"] == pytest.approx(max(means.values()) / sorted(means.values())[-2])
+    assert row["selective_for"] in ("", row["prefers"]) and (row["selective_for"] != "") == (row["ratio"] >= 2.0)

@@ -8,6 +8,9 @@ which are task-specific, and does each task have its own residue account":
   values from prompts of every operator), its exact-match drop per operator; `component_sharing`
   calls a component **shared** when its drop is critical (>= CRITICAL_DROP, notebook 04's class) for
   two or more operators, **specific** to the one operator it is critical for, and **unused** otherwise.
+* `neuron_selectivity`: each MLP neuron's mean absolute activation at `=` per operator and the
+  operator it prefers, with how strongly (its largest mean over the next largest): a description of
+  where neurons fire, not a causal test (the component ablations are that).
 * `answer_probes`: per operator, linear probes at `=` for the answer's residue (113 classes and
   each circle k) at every residual point, each scored on held-out prompts of its own operator and,
   unchanged, on the other operators' prompts (`probe_transfer`). A probe that reads another
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -84,3 +88,26 @@ def answer_probes(model, rows: list[dict], operators: str = MULTITASK_OPERATORS,
                 table[f"on {other}"] = scored.set_index(["point", "target"])["score"]
         tables.append(table.reset_index().assign(fitted_on=op))
     return pd.concat(tables, ignore_index=True)
+
+
+SELECTIVE = 2.0  # a neuron is selective for an operator when its mean |activation| there is at least this times any other's
+
+
+@torch.no_grad()
+def neuron_selectivity(model, rows: list[dict], operators: str = MULTITASK_OPERATORS,
+                       selective: float = SELECTIVE) -> pd.DataFrame:
+    """One row per MLP neuron (index "L<layer>N<neuron>"): its mean |activation| at `=` on each
+    operator's rows, the operator with the largest (`prefers`), `ratio` (largest / next largest) and
+    `selective_for` (the preferred operator when ratio >= `selective`, else "")."""
+    hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(model.cfg.n_layers)]
+    means = {}
+    for op in operators:
+        part = [r for r in rows if operator_of(r) == op]
+        acts = activations_at_equals(model, part, hooks, MULTITASK_TOKENIZER)  # [n_layers, n, d_mlp]
+        means[op] = acts.abs().mean(1).flatten()  # [n_layers * d_mlp]
+    table = pd.DataFrame({op: m.numpy() for op, m in means.items()},
+                         index=[f"L{layer}N{n}" for layer in range(model.cfg.n_layers) for n in range(model.cfg.d_mlp)])
+    ranked = np.sort(table.to_numpy(), axis=1)  # [neurons, operators], ascending
+    ratio = pd.Series(ranked[:, -1] / np.maximum(ranked[:, -2], 1e-12), index=table.index)
+    prefers = table.idxmax(axis=1)
+    return table.assign(prefers=prefers, ratio=ratio, selective_for=prefers.where(ratio >= selective, ""))
