@@ -12,11 +12,9 @@ from mechlab.arithmetic.emergence import (
     ProbeData,
     attention_after_jump_verdict,
     load_measures,
-    onset_step,
+    measure_run,
     onsets,
-    series_measures,
     snapshot_measures,
-    steepest_interval,
     timing_against_exit,
 )
 from mechlab.arithmetic.sweeps import MAIN_SEEDS
@@ -29,33 +27,48 @@ STEPS = [500, 1000, 1500, 2000, 2500, 3000]
 PLATEAU_HISTORY = [{"step": s, "val_exact": v} for s, v in zip(STEPS, [0.02, 0.3, 0.32, 0.3, 0.9, 0.99])]  # exit 2,000 -> 2,500
 
 
-def test_the_onset_is_the_first_step_past_half_the_net_change():
-    assert onset_step(STEPS, [0.0, 0.1, 0.2, 0.6, 0.9, 1.0]) == 2000
-    assert onset_step(STEPS, [1.0, 0.9, 0.4, 0.2, 0.1, 0.0]) == 1500  # a falling measurement too
-    assert onset_step(STEPS, [0.3] * 6) is None  # no net change, no onset
+def measured(**columns) -> pd.DataFrame:
+    return pd.DataFrame({"step": STEPS, **columns})
 
 
-def test_the_steepest_interval_and_its_share_of_the_net_change():
-    assert steepest_interval(STEPS, [0.0, 0.1, 0.2, 0.8, 0.9, 1.0]) == (1500, 2000, pytest.approx(0.6))
-    assert steepest_interval(STEPS, [4, 4, 4, 1, 0, 0]) == (1500, 2000, pytest.approx(0.75))
+def test_the_onset_is_half_way_to_the_extreme_in_the_direction_moved():
+    order = onsets(measured(a_mass=[0.0, 0.1, 0.2, 0.6, 0.9, 1.0], mlp_share=[1.0, 0.9, 0.4, 0.2, 0.1, 0.0],
+                            b_mass=[0.3, 0.31, 0.29, 0.3, 0.32, 0.3]), ["a_mass", "mlp_share", "b_mass"]).set_index("measure")
+    assert order.loc["a_mass", "onset"] == 2000 and order.loc["mlp_share", "onset"] == 1500  # a falling measurement too
+    assert pd.isna(order.loc["b_mass", "onset"])  # moved less than MIN_CHANGE: no onset
+    assert list(order.index) == ["mlp_share", "a_mass", "b_mass"]  # by onset, none last
+
+
+def test_the_steepest_interval_and_its_share_of_the_way():
+    order = onsets(measured(a_mass=[0.0, 0.1, 0.2, 0.8, 0.9, 1.0], role_heads=[4, 4, 4, 1, 0, 0]), ["a_mass", "role_heads"])
+    steepest = order.set_index("measure")[["steepest_from", "steepest_to", "steepest_share"]]
+    assert steepest.loc["a_mass"].tolist() == [1500, 2000, pytest.approx(0.6)]
+    assert steepest.loc["role_heads"].tolist() == [1500, 2000, pytest.approx(0.75)]
 
 
 def test_onsets_are_placed_before_at_or_after_the_plateau_exit():
-    table = pd.DataFrame({"step": STEPS, "a_mass": [0.1, 0.4, 0.5, 0.5, 0.5, 0.5],  # formed during the plateau
-                          "test_exact": [0.0, 0.3, 0.3, 0.3, 0.9, 1.0],
-                          "mlp_share": [0.0, 0.0, 0.0, 0.0, 0.1, 0.8]})  # after the exit
-    timed, exit_ = timing_against_exit(onsets(table, ["mlp_share", "a_mass", "test_exact"]), PLATEAU_HISTORY)
+    table = measured(a_mass=[0.1, 0.4, 0.5, 0.5, 0.5, 0.5],  # formed during the plateau
+                     test_exact=[0.0, 0.3, 0.3, 0.3, 0.9, 1.0],
+                     mlp_share=[0.0, 0.0, 0.0, 0.0, 0.1, 0.8],  # after the exit
+                     b_mass=[0.2] * 6)  # never moved
+    timed, exit_ = timing_against_exit(onsets(table, ["mlp_share", "a_mass", "test_exact", "b_mass"]), PLATEAU_HISTORY)
     assert (exit_["from_step"], exit_["to_step"]) == (2000, 2500)
-    assert timed.set_index("measure")["when"].to_dict() == {"a_mass": "before", "test_exact": "at", "mlp_share": "after"}
-    assert timed["measure"].tolist() == ["a_mass", "test_exact", "mlp_share"]  # sorted by onset
+    assert timed.set_index("measure")["when"].to_dict() == {"a_mass": "before", "test_exact": "at", "mlp_share": "after",
+                                                            "b_mass": "no change"}
+
+
+def timed(when, onset=(1000, 2500)):
+    return pd.DataFrame({"measure": ["a_mass", "b_mass"], "onset": pd.array(onset, dtype="Int64"), "when": when,
+                         "steepest_from": [500, 2000], "steepest_to": [1000, 2500], "steepest_share": [0.4, 0.9]})
 
 
 def test_the_seeds_attention_claim_fails_when_a_reader_forms_before_the_exit():
-    timed = pd.DataFrame({"measure": ["a_mass", "b_mass"], "onset": [1000, 2500], "when": ["before", "at"]})
-    verdict, evidence = attention_after_jump_verdict(timed)
-    assert verdict == "failed" and "a_mass onset step 1000 (before the exit)" in evidence
-    assert attention_after_jump_verdict(timed.assign(when=["at", "after"]))[0] == "held"
-    assert attention_after_jump_verdict(timed.assign(when="no plateau"))[0] == "untested"
+    verdict, evidence = attention_after_jump_verdict(timed(["before", "at"]))
+    assert verdict == "failed" and "a_mass onset step 1,000 (before the exit), 40% of its change in steps 500-1,000" in evidence
+    assert attention_after_jump_verdict(timed(["at", "at"]))[0] == "held"
+    assert attention_after_jump_verdict(timed(["at", "after"]))[0] == "partial"
+    assert attention_after_jump_verdict(timed(["no plateau"] * 2))[0] == "untested"
+    assert attention_after_jump_verdict(timed(["at", "no change"], onset=(2500, None)))[0] == "untested"
 
 
 def test_a_model_is_measured_on_every_measure(tiny_config, mixed_rows):
@@ -86,4 +99,4 @@ def test_a_quick_run_exports_its_series_and_their_measurements(tmp_path, generat
     assert [step for step, _ in load_series(tmp_path / "ck" / "series.pt", EMERGENCE.model_config)] == [half, 2 * half]
     assert json.loads((tmp_path / "ck" / "study.json").read_text())["name"] == "emergence"
     with pytest.raises(FileNotFoundError, match="no step_.*snapshots"):
-        series_measures(tmp_path / "ck", EMERGENCE.model_config, generated_data[0])
+        measure_run(tmp_path / "ck", EMERGENCE.model_config, generated_data[0])

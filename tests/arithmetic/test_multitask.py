@@ -16,9 +16,13 @@ from mechlab.core.model import build_model
 
 
 def planted(drops: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
-    """A `per_task_ablation` table: component -> its drop under +, -, *."""
-    rows = [{"component": "none", "drop/op_+": 0.0, "drop/op_-": 0.0, "drop/op_*": 0.0}]
-    rows += [{"component": name, "drop/op_+": p, "drop/op_-": s, "drop/op_*": t} for name, (p, s, t) in drops.items()]
+    """A `per_task_ablation` table: component ("L0H0" or "MLP3") -> its drop under +, -, *."""
+    rows = [{"component": "none", "kind": "none", "layer": -1, "method": "none", "drop/op_+": 0.0, "drop/op_-": 0.0,
+             "drop/op_*": 0.0}]
+    for name, (p, s, t) in drops.items():
+        kind, layer = ("mlp", int(name[3:])) if name.startswith("MLP") else ("head", int(name[1]))
+        rows.append({"component": name, "kind": kind, "layer": layer, "method": "mean", "drop/op_+": p, "drop/op_-": s,
+                     "drop/op_*": t})
     return pd.DataFrame(rows)
 
 
@@ -27,7 +31,7 @@ def test_a_component_critical_for_two_operators_is_shared_and_for_one_specific()
                                          "MLP3": (0.5, 0.6, 0.7), "L2H2": (0.01, 0.02, 0.03)}))
     assert sharing["sharing"].to_dict() == {"L0H0": "shared", "L3H1": "specific to -", "MLP3": "shared", "L2H2": "unused"}
     assert sharing.loc["L0H0", "serves"] == "+-" and sharing.loc["MLP3", "serves"] == "+-*"
-    assert list(sharing.columns[:3]) == ["+", "-", "*"]
+    assert list(sharing.columns[:5]) == ["+", "-", "*", "kind", "layer"] and sharing.loc["MLP3", "layer"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def test_answer_probes_are_fitted_per_operator_and_scored_on_the_others(tiny_mul
     table = answer_probes(model, rows)
     assert sorted(table["fitted_on"].unique()) == ["*", "+", "-"]
     plus = table[table["fitted_on"] == "+"]
-    assert {"own", "on -", "on *"} <= set(plus.columns) and plus["on +"].isna().all()
+    assert {"own", "on -", "on *"} <= set(plus.columns) and plus["on +"].isna().all()  # "on +" is the other rows' column
     assert set(plus["point"]) == {"resid_pre 0", "resid_mid 0", "resid_pre 1", "resid_mid 1", "resid_post 1"}
     accuracy = plus[plus["target"] == "class"]
     assert accuracy["own"].between(0, 1).all() and (accuracy["metric"] == "accuracy").all()

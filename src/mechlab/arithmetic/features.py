@@ -28,7 +28,7 @@ mod-113 quantities there?
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -125,20 +125,20 @@ def activations_at_equals(model, rows: list[dict], hook_names: Sequence[str],
 
 
 def residue_readout(fit_acts: torch.Tensor, fit_rows: list[dict], sets: dict[str, tuple[torch.Tensor, list[dict]]],
-                    points: Sequence[str], features: Sequence[str] = READOUT_FEATURES, modulus: int = MODULUS,
-                    seed: int = 0) -> pd.DataFrame:
+                    points: Sequence[str], features: Sequence[str | Feature] = READOUT_FEATURES, modulus: int = MODULUS,
+                    seed: int = 0, values: Callable[[list[dict]], torch.Tensor] | None = None) -> pd.DataFrame:
     """How well residue probes fitted on `fit_rows` read the same quantities on other prompts.
 
     Probes for `features` (as 113-way classes and on each circle k) are fitted at one slot per prompt
     on fit_acts [n_points, n, d] (`fit_probes`: 75% of the rows, scored on the rest), then scored
-    unchanged (`probe_transfer`) on each set's acts [n_points, n_set, d]. Every row's features are
-    taken mod `modulus`, whatever modulus its prompt asks for: a set that scores like the fit rows
-    still carries the mod-`modulus` quantities. One row per (feature, target, point): metric,
-    "held-out" (the fit rows' held-out score) and one column per set."""
-    chosen = [FEATURE_BY_NAME[f] for f in features]
-
-    def values(rows: list[dict]) -> torch.Tensor:
-        return torch.tensor(feature_table([r | {"m": modulus} for r in rows])[list(features)].to_numpy())
+    unchanged (`probe_transfer`) on each set's acts [n_points, n_set, d]. By default every row's
+    features are taken mod `modulus`, whatever modulus its prompt asks for: a set that scores like
+    the fit rows still carries the mod-`modulus` quantities. `values(rows)` -> [n, n_features] replaces
+    that for features of other names (a `Feature` each; e.g. the multi-task answer). One row per
+    (feature, target, point): metric, "held-out" (the fit rows' held-out score) and one column per set."""
+    chosen = [f if isinstance(f, Feature) else FEATURE_BY_NAME[f] for f in features]
+    names = [f.name for f in chosen]
+    values = values or (lambda rows: torch.tensor(feature_table([r | {"m": modulus} for r in rows])[names].to_numpy()))
 
     def one_slot(n: int) -> torch.Tensor:
         return torch.ones(n, 1, dtype=torch.bool)

@@ -26,19 +26,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechlab.analysis.ablation import CRITICAL_DROP, Component, ablation_sweep
-from mechlab.analysis.probes import fit_probes, probe_transfer, residual_points
+from mechlab.analysis.ablation import CRITICAL_DROP, Component, ablation_sweep, group_drops
+from mechlab.analysis.probes import residual_points
 from mechlab.arithmetic.data import MODULUS
 from mechlab.arithmetic.extensions import MULTITASK_OPERATORS, MULTITASK_TOKENIZER
-from mechlab.arithmetic.features import Feature, activations_at_equals
-from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, operator_of
+from mechlab.arithmetic.features import Feature, activations_at_equals, residue_readout
+from mechlab.arithmetic.task import BREAKDOWNS, ArithmeticSplit, evaluate_split, operator_of
 
 ANSWER = Feature("answer", "residue", "answer", MODULUS)  # (a op b) mod 113, whichever the operator
+SELECTIVE = 2.0  # a neuron is selective for an operator when its mean |activation| there is at least this times any other's
 
 
 def op_group(op: str) -> str:
-    """The `evaluate_split` group of operator `op` ("op_+")."""
-    return f"op_{op}"
+    """The `evaluate_split` group of operator `op` ("op_+", from the "op" breakdown's tag)."""
+    return f"{BREAKDOWNS['op'][0]}{op}"
 
 
 def per_task_ablation(model, split: ArithmeticSplit, components: Sequence[Component], reference: dict[str, torch.Tensor],
@@ -52,14 +53,15 @@ def per_task_ablation(model, split: ArithmeticSplit, components: Sequence[Compon
 
 def component_sharing(table: pd.DataFrame, operators: str = MULTITASK_OPERATORS,
                       critical: float = CRITICAL_DROP) -> pd.DataFrame:
-    """One row per ablated component of a `per_task_ablation` table: its drop per operator, `serves`
-    (the operators whose drop is >= `critical`, in `operators` order) and `sharing` ("shared",
-    "specific to <op>" or "unused")."""
-    rows = table[table["component"] != "none"].set_index("component")
-    drops = rows[[f"drop/{op_group(op)}" for op in operators]].set_axis(list(operators), axis=1)
+    """One row per ablated head and MLP of a `per_task_ablation` table: its drop per operator
+    (`ablation.group_drops`, columns named by operator), `kind`, `layer`, `serves` (the operators whose
+    drop is >= `critical`, in `operators` order) and `sharing` ("shared", "specific to <op>" or "unused")."""
+    groups = [op_group(op) for op in operators]
+    drops = pd.concat([group_drops(table, groups, kind) for kind in ("head", "mlp")]).set_axis(list(operators), axis=1)
     serves = drops.apply(lambda r: "".join(op for op in operators if r[op] >= critical), axis=1)
     sharing = serves.map(lambda s: "shared" if len(s) >= 2 else f"specific to {s}" if s else "unused")
-    return drops.assign(serves=serves, sharing=sharing)
+    where = table.set_index("component").loc[drops.index, ["kind", "layer"]]
+    return drops.join(where).assign(serves=serves, sharing=sharing)
 
 
 def answer_values(rows: list[dict]) -> torch.Tensor:
@@ -69,36 +71,28 @@ def answer_values(rows: list[dict]) -> torch.Tensor:
 
 @torch.no_grad()
 def answer_probes(model, rows: list[dict], operators: str = MULTITASK_OPERATORS, seed: int = 0) -> pd.DataFrame:
-    """Per operator of `rows` (multi-task data rows), probes for the answer at `=` fitted at every
-    residual point on 75% of that operator's rows; one row per (fitted on, point, target): `metric`,
-    `own` (held-out score on its operator) and one column per other operator (`probe_transfer`)."""
+    """Per operator of `rows` (multi-task data rows), `features.residue_readout` of the ANSWER at `=` at
+    every residual point, fitted on that operator's rows and scored on each other operator's: one row
+    per (fitted on, point, target) with `metric`, `own` (held-out score on its operator) and
+    "on <op>" per other operator."""
     points = residual_points(model.cfg.n_layers)
     by_op = {op: [r for r in rows if operator_of(r) == op] for op in operators}
-    acts = {op: activations_at_equals(model, part, list(points.values()), MULTITASK_TOKENIZER)[:, :, None]
-            for op, part in by_op.items()}  # [n_points, n, 1 slot ("="), d_model]
+    acts = {op: activations_at_equals(model, part, list(points.values()), MULTITASK_TOKENIZER) for op, part in by_op.items()}
     tables = []
     for op, part in by_op.items():
-        ones = torch.ones(len(part), 1, dtype=torch.bool)
-        probes, table = fit_probes(acts[op], ones, answer_values(part), [ANSWER], list(points), ["="], seed=seed)
-        table = table.set_index(["point", "target"])[["metric", "score"]].rename(columns={"score": "own"})
-        for other in operators:
-            if other != op:
-                scored = probe_transfer(probes, acts[other], torch.ones(len(by_op[other]), 1, dtype=torch.bool),
-                                        answer_values(by_op[other]))
-                table[f"on {other}"] = scored.set_index(["point", "target"])["score"]
-        tables.append(table.reset_index().assign(fitted_on=op))
+        others = {f"on {other}": (acts[other], by_op[other]) for other in operators if other != op}
+        table = residue_readout(acts[op], part, others, list(points), [ANSWER], seed=seed, values=answer_values)
+        tables.append(table.rename(columns={"held-out": "own"}).drop(columns="feature").assign(fitted_on=op))
     return pd.concat(tables, ignore_index=True)
-
-
-SELECTIVE = 2.0  # a neuron is selective for an operator when its mean |activation| there is at least this times any other's
 
 
 @torch.no_grad()
 def neuron_selectivity(model, rows: list[dict], operators: str = MULTITASK_OPERATORS,
                        selective: float = SELECTIVE) -> pd.DataFrame:
     """One row per MLP neuron (index "L<layer>N<neuron>"): its mean |activation| at `=` on each
-    operator's rows, the operator with the largest (`prefers`), `ratio` (largest / next largest) and
-    `selective_for` (the preferred operator when ratio >= `selective`, else "")."""
+    operator's rows, the operator with the largest (`prefers`, "" for a neuron silent everywhere),
+    `ratio` (largest / next largest) and `selective_for` (the preferred operator when ratio >=
+    `selective`, else "")."""
     hooks = [f"blocks.{layer}.mlp.hook_post" for layer in range(model.cfg.n_layers)]
     means = {}
     for op in operators:
@@ -109,5 +103,5 @@ def neuron_selectivity(model, rows: list[dict], operators: str = MULTITASK_OPERA
                          index=[f"L{layer}N{n}" for layer in range(model.cfg.n_layers) for n in range(model.cfg.d_mlp)])
     ranked = np.sort(table.to_numpy(), axis=1)  # [neurons, operators], ascending
     ratio = pd.Series(ranked[:, -1] / np.maximum(ranked[:, -2], 1e-12), index=table.index)
-    prefers = table.idxmax(axis=1)
+    prefers = table.idxmax(axis=1).where(ranked[:, -1] > 0, "")
     return table.assign(prefers=prefers, ratio=ratio, selective_for=prefers.where(ratio >= selective, ""))

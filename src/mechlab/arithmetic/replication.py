@@ -56,19 +56,20 @@ TARGET = 0.99  # the project's exact-match target
 
 # --- measuring one model -------------------------------------------------------------------------------
 
-def layer0_table(model, test: ArithmeticSplit, reference: ArithmeticSplit, n_prompts: int) -> pd.DataFrame:
+def layer0_table(model, test: ArithmeticSplit, reference: ArithmeticSplit, n_prompts: int,
+                 heads: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per layer-0 head (index: head name): `mass:a`, `mass:b` (attention from the
     answer-predicting positions of the first `n_prompts` test rows, `head_role_table`), `label`,
     `drop` (test exact match lost under mean ablation, values from `reference`'s prompts) and
-    `impact` (`ablation.impact_class`)."""
+    `impact` (`ablation.impact_class`). Only `heads` (default all) are ablated; the others' drop is NaN."""
     tokens = test.tokens[:n_prompts, :MODEL_INPUT_LEN]
     roles = head_role_table(attention_patterns(model, tokens)[:, :1], tokens).set_index("head")  # layer 0 only
     score = partial(evaluate_split, split=test, prefix="ablated")
-    heads0 = [Component("head", 0, h) for h in range(model.cfg.n_heads)]
-    sweep = ablation_sweep(model, score, heads0, ("mean",), reference_activations(model, reference.tokens[:, :MODEL_INPUT_LEN]),
+    ablated = [Component("head", 0, h) for h in (range(model.cfg.n_heads) if heads is None else heads)]
+    sweep = ablation_sweep(model, score, ablated, ("mean",), reference_activations(model, reference.tokens[:, :MODEL_INPUT_LEN]),
                            metric="ablated_exact").set_index("component")
-    names = [c.name for c in heads0]
-    return roles.loc[names, ["mass:a", "mass:b", "label"]].join(sweep.loc[names, ["drop", "impact"]])
+    names = [f"L0H{h}" for h in range(model.cfg.n_heads)]
+    return roles.loc[names, ["mass:a", "mass:b", "label"]].join(sweep.loc[[c.name for c in ablated], ["drop", "impact"]])
 
 
 def operand_readers(layer0: pd.DataFrame) -> dict:

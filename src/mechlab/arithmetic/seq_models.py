@@ -73,17 +73,19 @@ class ArithmeticLSTM(nn.Module):
         return self.unembed(hidden)
 
     @torch.no_grad()
-    def layer_outputs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What each stage writes, for probing: "embed" and "lstm <k>" (layer k's hidden states),
-        each (batch, pos, d_model). The layers are run one at a time with the stacked LSTM's weights."""
+    def states_at_equals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each stage writes at `=` (EQUALS_POS), for probing, each (batch, d_model): "embed"
+        and "lstm <k>" (layer k's hidden state). The layers are run one at a time with the stacked
+        LSTM's own weights (`nn.LSTM` offers no per-layer output)."""
         x = self.embed(tokens)
-        out = {"embed": x}
+        out = {"embed": x[:, EQUALS_POS]}
+        weights = self.lstm.state_dict()
         for k in range(self.cfg.n_layers):
-            layer = nn.LSTM(self.cfg.d_model, self.cfg.d_model, batch_first=True).to(x.device)
-            layer.load_state_dict({name.removesuffix(f"_l{k}") + "_l0": value for name, value in self.lstm.state_dict().items()
-                                   if name.endswith(f"_l{k}")})
+            layer = nn.LSTM(self.cfg.d_model, self.cfg.d_model, batch_first=True, device="meta")
+            layer.load_state_dict({name.replace(f"_l{k}", "_l0"): w for name, w in weights.items() if name.endswith(f"_l{k}")},
+                                  assign=True)
             x, _ = layer(x)
-            out[f"lstm {k}"] = x
+            out[f"lstm {k}"] = x[:, EQUALS_POS]
         return out
 
 
@@ -142,22 +144,22 @@ class ArithmeticEncDec(nn.Module):
         return self.unembed(self.decoder(x, memory, tgt_mask=mask, tgt_is_causal=True))
 
     @torch.no_grad()
-    def layer_outputs(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What each stage writes at `=`, for probing, each (batch, 1, d_model): "encoder embed",
+    def states_at_equals(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each stage writes at `=`, for probing, each (batch, d_model): "encoder embed",
         "encoder <k>" (layer k's output at `=`, position n_prompt - 1), "decoder embed" and "decoder <k>"
         (at the decoder's first position, which reads `=`); before the stacks' final LayerNorms."""
         n_prompt = self.cfg.n_prompt
         x = self.embed(tokens[:, :n_prompt]) + self.pos_encoder.weight
-        out = {"encoder embed": x[:, -1:]}
+        out = {"encoder embed": x[:, -1]}
         for k, layer in enumerate(self.encoder.layers):
             x = layer(x)
-            out[f"encoder {k}"] = x[:, -1:]
+            out[f"encoder {k}"] = x[:, -1]
         memory = self.encoder.norm(x)
         y = self.embed(tokens[:, n_prompt - 1:n_prompt]) + self.pos_decoder.weight[:1]
-        out["decoder embed"] = y
+        out["decoder embed"] = y[:, 0]
         for k, layer in enumerate(self.decoder.layers):
             y = layer(y, memory)
-            out[f"decoder {k}"] = y
+            out[f"decoder {k}"] = y[:, 0]
         return out
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from mechlab.arithmetic import study  # noqa: F401  (registers the main study)
 from mechlab.core.sweep import Sweep, register_sweep
 
-# The main recipe with its steps compiled and in bfloat16 (the benchmark's fastest CPU step, 2.7x the
-# committed run's eager float32: about 40 instead of 80 minutes a seed); everything else unchanged.
+# The main recipe with its steps compiled and in bfloat16 (the training benchmark's fastest CPU step,
+# 2.7x eager float32 at batch 256, figures/bench_training.json); everything else unchanged.
 FAST_STEPS = {"precision": "bfloat16", "compile": True}
 MAIN_SEEDS = register_sweep(Sweep("main_seeds", "main", __name__, seeds=(1, 2, 3), recipe=FAST_STEPS, export=True))
 # The recipe changes applied to every point of main_minimal (the main recipe as it is; the lead sets the budget).

@@ -68,12 +68,21 @@ def export_run(run_dir: Path, out_dir: Path, model_config: Any, n_series: int = 
     return out_dir / "model.pt"
 
 
+def model_from_state_dict(model_config: Any, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A float32 CPU model of `model_config` holding `state_dict` (float16 tensors are converted)."""
+    model = build(model_config, "cpu")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return model
+
+
+def load_snapshot(path: Path, model_config: Any) -> tuple[int, torch.nn.Module]:
+    """(step, model) from a run's weights-only snapshot step_NNNNNN.pt (`snapshot_paths`)."""
+    snap = load_torch_dict(path, "snapshot")
+    return snap["step"], model_from_state_dict(model_config, snap["state_dict"])
+
+
 def load_series(path: Path, model_config: Any) -> list[tuple[int, torch.nn.Module]]:
     """[(step, model)] from a series.pt written by `export_run`, as float32 models of `model_config`."""
     series = load_torch_dict(path, "snapshot series")
-    out = []
-    for step, state_dict in zip(series["steps"], series["state_dicts"]):
-        model = build(model_config, "cpu")
-        model.load_state_dict({k: v.float() for k, v in state_dict.items()})
-        out.append((step, model))
-    return out
+    return [(step, model_from_state_dict(model_config, state_dict))
+            for step, state_dict in zip(series["steps"], series["state_dicts"])]
