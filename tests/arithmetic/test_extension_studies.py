@@ -1,5 +1,6 @@
 """The extension studies through the one CLI: each trains (a few quick steps), exports with its
 budget recorded, and evaluates; multimodulus regenerates the committed data/multimodulus byte for byte."""
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,13 @@ def test_the_budget_is_the_main_recipes_examples():
     assert build(MULTITASK.model_config, "cpu").cfg.d_vocab == 21
 
 
+def test_the_main_architecture_studies_run_the_main_recipe_with_fast_steps():
+    for name in ("multitask", "multimodulus"):
+        assert get_study(name).train_config == dataclasses.replace(MAIN.train_config, precision="bfloat16", compile=True)
+    for name in ("lstm", "encdec"):
+        assert get_study(name).train_config == MAIN.train_config
+
+
 @pytest.mark.parametrize("name", EXTENSIONS)
 def test_quick_train_export_and_evaluate(name, tmp_path, repo_root, generated_data):
     """`python -m mechlab NAME train --quick` (4 of its steps), then export and evaluate in this process."""
@@ -38,7 +46,7 @@ def test_quick_train_export_and_evaluate(name, tmp_path, repo_root, generated_da
         shutil.copy(repo_root / "data" / "multimodulus" / "manifest.json", data_dir / "manifest.json")
     else:
         data_dir = generated_data[0]
-    out = run_cli(name, "train", "--quick", "--threads", "1", "--set", "max_steps=4", "--data-dir", str(data_dir),
+    out = run_cli(name, "train", "--quick", "--threads", "1", "--set", "max_steps=4", "compile=false", "--data-dir", str(data_dir),
                   "--run-dir", "run", cwd=tmp_path)
     assert "stopped after 4 steps" in out
     study = get_study(name)

@@ -45,8 +45,7 @@ from mechlab.analysis.induction import jump_step
 from mechlab.arithmetic.features import activations_at_equals, residue_grid_rows, residue_readout
 from mechlab.arithmetic.replication import answer_writers, component_dla, layer0_table, operand_readers, plateau_exit
 from mechlab.arithmetic.roles import head_role_table
-from mechlab.arithmetic.study import MAIN, evaluate_checkpoint, largest_rise
-from mechlab.arithmetic.sweeps import FAST_STEPS
+from mechlab.arithmetic.study import FAST_STEPS, MAIN, evaluate_checkpoint, largest_rise
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 from mechlab.core.io import write_json_atomic

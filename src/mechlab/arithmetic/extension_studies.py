@@ -11,11 +11,13 @@
 
 Every study trains with the main recipe (`TRAIN_CONFIG`, batch `BATCH_SIZE`), so its budget is the
 main model's: at most `BUDGET_EXAMPLES` = 28,000 steps x 128 = 3,584,000 examples (its stop rules may
-end it sooner, as they may the main run). The budget is recorded in each export's study.json. The
+end it sooner, as they may the main run). The two in the main architecture run its steps compiled and
+in bfloat16 (`study.FAST_STEPS`, as the replication seeds do), which changes the minutes, not the budget. The budget is recorded in each export's study.json. The
 models hold 802,323 (main architecture), 814,931 (LSTM) and 802,835 (encoder-decoder) parameters.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +32,7 @@ from mechlab.arithmetic.seq_models import EncDecConfig, LSTMConfig
 from mechlab.arithmetic.study import (
     BATCH_SIZE,
     BUCKET_WEIGHTS,
+    FAST_STEPS,
     QUICK_SPLIT_LIMIT,
     TRAIN_CONFIG,
     TRAIN_EVAL_SIZE,
@@ -39,8 +42,10 @@ from mechlab.arithmetic.study import (
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, load_rows, main_model_config
 from mechlab.core.model import ModelConfig, build, count_parameters, load_checkpoint
 from mechlab.core.studies import Study, register_study
+from mechlab.core.train import TrainConfig
 
 BUDGET_EXAMPLES = TRAIN_CONFIG.max_steps * BATCH_SIZE
+FAST_RECIPE = dataclasses.replace(TRAIN_CONFIG, **FAST_STEPS)  # the main recipe, compiled bfloat16 steps
 QUICK_STEPS = 20
 MULTIMODULUS_DATA = Path("data/multimodulus")
 
@@ -113,8 +118,8 @@ def study_record(name: str, model_config: Any, note: str) -> Callable[[], dict]:
 
 
 def extension_study(name: str, model_config: Any, make: Callable[..., Any], evaluate: Callable[..., dict],
-                    note: str) -> Study:
-    return register_study(Study(name, model_config, TRAIN_CONFIG, make_task=make, evaluate=evaluate,
+                    note: str, train_config: TrainConfig = TRAIN_CONFIG) -> Study:
+    return register_study(Study(name, model_config, train_config, make_task=make, evaluate=evaluate,
                                 export_dir=Path("checkpoints") / name, quick_steps=QUICK_STEPS,
                                 eval_file="final_eval.json", record=study_record(name, model_config, note)))
 
@@ -134,12 +139,14 @@ MULTITASK = extension_study(
     "multitask", multitask_config(),
     lambda quick, data_dir=Path("data"), **options: make_multitask_task(Path(data_dir), quick, **options),
     evaluate_multitask,
-    "a + b, a - b and a * b mod 113 (the main pairs under each operator) in the main architecture")
+    "a + b, a - b and a * b mod 113 (the main pairs under each operator) in the main architecture",
+    FAST_RECIPE)
 MULTIMODULUS = extension_study(
     "multimodulus", main_model_config(),
     lambda quick, data_dir=MULTIMODULUS_DATA, **options: make_multimodulus_task(Path(data_dir), quick, **options),
     evaluate_multimodulus,
-    f"a + b mod m for m in {list(TRAIN_MODULI)}; held out: {list(HELD_OUT_MODULI)} (test_mod<m> only)")
+    f"a + b mod m for m in {list(TRAIN_MODULI)}; held out: {list(HELD_OUT_MODULI)} (test_mod<m> only)",
+    FAST_RECIPE)
 LSTM = extension_study("lstm", LSTMConfig(), main_data_task, main_data_evaluation(LSTMConfig()),
                        "a 2-layer LSTM on the main data and recipe")
 ENCDEC = extension_study("encdec", EncDecConfig(), main_data_task, main_data_evaluation(EncDecConfig()),

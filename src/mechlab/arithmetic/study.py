@@ -34,6 +34,9 @@ TRAIN_CONFIG = TrainConfig(
     min_lr_frac=0.01, grad_clip=1.0, eval_every=500, checkpoint_every=500,
     early_stopping_patience=16, stop_metric="val_exact", stop_value=0.995, stop_patience=2, seed=0,
 )
+# The same steps compiled and in bfloat16 autocast: the training benchmark's fastest CPU step (2.7x eager
+# float32 at batch 256, figures/bench_training.json). The runs trained after the committed main model use it.
+FAST_STEPS = {"precision": "bfloat16", "compile": True}
 # The first recipe: the same cosine over 12,000 steps to a floor of 5e-5 (95.3% validation exact
 # match, notebook 01). The sweep below was run against it.
 FIRST_RECIPE = dataclasses.replace(TRAIN_CONFIG, max_steps=12_000, min_lr_frac=0.05)

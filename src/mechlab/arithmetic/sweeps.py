@@ -8,12 +8,10 @@ notebook 13's replication table and test-set evaluation read them.
 """
 from __future__ import annotations
 
-from mechlab.arithmetic import study  # noqa: F401  (registers the main study)
+from mechlab.arithmetic.study import FAST_STEPS  # (importing it registers the main study)
 from mechlab.core.sweep import Sweep, register_sweep
 
-# The main recipe with its steps compiled and in bfloat16 (the training benchmark's fastest CPU step,
-# 2.7x eager float32 at batch 256, figures/bench_training.json); everything else unchanged.
-FAST_STEPS = {"precision": "bfloat16", "compile": True}
+# The main recipe with its steps compiled and in bfloat16 (FAST_STEPS); everything else unchanged.
 MAIN_SEEDS = register_sweep(Sweep("main_seeds", "main", __name__, seeds=(1, 2, 3), recipe=FAST_STEPS, export=True))
 # The recipe changes applied to every point of main_minimal (the main recipe as it is; the lead sets the budget).
 MINIMAL_RECIPE: dict = {}
