@@ -10,12 +10,13 @@ from mechlab.arithmetic.emergence import (
     EMERGENCE,
     MEASURES,
     ProbeData,
+    accuracy_jump,
     attention_after_jump_verdict,
     load_measures,
     measure_run,
     onsets,
     snapshot_measures,
-    timing_against_exit,
+    timing_against_jump,
 )
 from mechlab.arithmetic.sweeps import MAIN_SEEDS
 from mechlab.arithmetic.task import ArithmeticSplit
@@ -46,15 +47,20 @@ def test_the_steepest_interval_and_its_share_of_the_way():
     assert steepest.loc["role_heads"].tolist() == [1500, 2000, pytest.approx(0.75)]
 
 
-def test_onsets_are_placed_before_at_or_after_the_plateau_exit():
+def test_onsets_are_placed_before_at_or_after_the_accuracy_jump():
     table = measured(a_mass=[0.1, 0.4, 0.5, 0.5, 0.5, 0.5],  # formed during the plateau
                      test_exact=[0.0, 0.3, 0.3, 0.3, 0.9, 1.0],
-                     mlp_share=[0.0, 0.0, 0.0, 0.0, 0.1, 0.8],  # after the exit
+                     mlp_share=[0.0, 0.0, 0.0, 0.0, 0.1, 0.8],  # after the jump
                      b_mass=[0.2] * 6)  # never moved
-    timed, exit_ = timing_against_exit(onsets(table, ["mlp_share", "a_mass", "test_exact", "b_mass"]), PLATEAU_HISTORY)
-    assert (exit_["from_step"], exit_["to_step"]) == (2000, 2500)
+    timed, jump = timing_against_jump(onsets(table, ["mlp_share", "a_mass", "test_exact", "b_mass"]), PLATEAU_HISTORY)
+    assert (jump["from_step"], jump["to_step"], jump["plateau_exit"]) == (2000, 2500, True)
     assert timed.set_index("measure")["when"].to_dict() == {"a_mass": "before", "test_exact": "at", "mlp_share": "after",
                                                             "b_mass": "no change"}
+
+
+def test_a_steady_climb_has_a_jump_but_no_plateau_exit():
+    steady = [{"step": s, "val_exact": v} for s, v in zip(STEPS, [0.1, 0.3, 0.45, 0.6, 0.8, 0.95])]
+    assert accuracy_jump(steady) == {"from_step": 2000, "to_step": 2500, "before": 0.6, "after": 0.8, "plateau_exit": False}
 
 
 def timed(when, onset=(1000, 2500)):
@@ -62,12 +68,11 @@ def timed(when, onset=(1000, 2500)):
                          "steepest_from": [500, 2000], "steepest_to": [1000, 2500], "steepest_share": [0.4, 0.9]})
 
 
-def test_the_seeds_attention_claim_fails_when_a_reader_forms_before_the_exit():
+def test_the_seeds_attention_claim_fails_when_a_reader_forms_before_the_jump():
     verdict, evidence = attention_after_jump_verdict(timed(["before", "at"]))
-    assert verdict == "failed" and "a_mass onset step 1,000 (before the exit), 40% of its change in steps 500-1,000" in evidence
+    assert verdict == "failed" and "a_mass onset step 1,000 (before the jump), 40% of its change in steps 500-1,000" in evidence
     assert attention_after_jump_verdict(timed(["at", "at"]))[0] == "held"
     assert attention_after_jump_verdict(timed(["at", "after"]))[0] == "partial"
-    assert attention_after_jump_verdict(timed(["no plateau"] * 2))[0] == "untested"
     assert attention_after_jump_verdict(timed(["at", "no change"], onset=(2500, None)))[0] == "untested"
 
 

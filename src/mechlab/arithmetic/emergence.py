@@ -25,9 +25,10 @@ Measurements of one model (`snapshot_measures`), each one of the phase notebooks
                     the last layer, fitted on the residue grid (notebook 08's `residue_readout`)
 
 `onsets` says, per measurement, when it went half way to its extreme (`analysis.induction.jump_step`,
-the induction-head study's rule) and in which 500-step interval it moved most; `timing_against_exit`
-places each onset before, at or after the plateau exit (`replication.plateau_exit`), and
-`attention_after_jump_verdict` judges the design document's claim on the operand readers.
+the induction-head study's rule) and in which 500-step interval it moved most; `timing_against_jump`
+places each onset before, at or after the run's accuracy jump (its largest rise of validation exact
+match, which may or may not end a plateau: `accuracy_jump`), and `attention_after_jump_verdict` judges
+the design document's claim on the operand readers.
 """
 from __future__ import annotations
 
@@ -156,33 +157,39 @@ def onsets(table: pd.DataFrame, measures: Sequence[str] = MEASURES) -> pd.DataFr
     return out.sort_values("onset", na_position="last", kind="stable").reset_index(drop=True)
 
 
-def timing_against_exit(order: pd.DataFrame, history: Sequence[dict]) -> tuple[pd.DataFrame, dict | None]:
-    """`order` (from `onsets`) with a `when` column: "before", "at" or "after" the plateau exit of
-    `history` (`plateau_exit`: the evaluation interval from_step..to_step; "at" when the onset is
-    to_step), "no change" without an onset, and the exit itself (None, and every `when` "no
-    plateau", when the run had none)."""
-    exit_ = plateau_exit(history)
+def accuracy_jump(history: Sequence[dict], metric: str = "val_exact") -> dict:
+    """The run's accuracy jump: the evaluation interval where `metric` rose most (`study.largest_rise`):
+    from_step, to_step, before, after, and `plateau_exit`, whether that rise ends a plateau by the
+    replication table's rule (`replication.plateau_exit`)."""
+    before, after = largest_rise(list(history), metric)
+    return {"from_step": before["step"], "to_step": after["step"], "before": before[metric], "after": after[metric],
+            "plateau_exit": plateau_exit(history, metric) is not None}
+
+
+def timing_against_jump(order: pd.DataFrame, history: Sequence[dict]) -> tuple[pd.DataFrame, dict]:
+    """`order` (from `onsets`) with a `when` column: "before", "at" or "after" the accuracy jump of
+    `history` (`accuracy_jump`; "at" when the onset is the jump's to_step) or "no change" without an
+    onset; and the jump."""
+    jump = accuracy_jump(history)
 
     def when(step) -> str:
-        if exit_ is None:
-            return "no plateau"
         if pd.isna(step):
             return "no change"
-        return "before" if step <= exit_["from_step"] else "at" if step <= exit_["to_step"] else "after"
+        return "before" if step <= jump["from_step"] else "at" if step <= jump["to_step"] else "after"
 
-    return order.assign(when=[when(step) for step in order["onset"]]), exit_
+    return order.assign(when=[when(step) for step in order["onset"]]), jump
 
 
 def attention_after_jump_verdict(timed: pd.DataFrame, attention: Sequence[str] = ("a_mass", "b_mass")) -> tuple[str, str]:
     """The design document's "attention patterns remain random until [late], then suddenly snap ...,
-    coinciding with the accuracy jump", for the `attention` measurements of `timing_against_exit`:
-    failed when any onset is before the exit, held when every onset is at the exit (its evaluation
-    interval), partial when they come after it; untested without a plateau or an onset. The
-    evidence gives each onset and the share of its change made in its steepest interval (near 1: sudden)."""
+    coinciding with the accuracy jump", for the `attention` measurements of `timing_against_jump`:
+    failed when any onset is before the jump, held when every onset is at it (its evaluation
+    interval), partial when they come after it; untested when one has no onset. The evidence gives
+    each onset and the share of its change made in its steepest interval (near 1: sudden)."""
     rows = timed.set_index("measure").loc[list(attention)]
-    if rows["when"].isin(["no plateau", "no change"]).any():
+    if (rows["when"] == "no change").any():
         return "untested", "; ".join(f"{m}: {r.when}" for m, r in rows.iterrows())
-    evidence = "; ".join(f"{m} onset step {int(r.onset):,} ({r.when} the exit), {r.steepest_share:.0%} of its change in "
+    evidence = "; ".join(f"{m} onset step {int(r.onset):,} ({r.when} the jump), {r.steepest_share:.0%} of its change in "
                          f"steps {int(r.steepest_from):,}-{int(r.steepest_to):,}" for m, r in rows.iterrows())
     if (rows["when"] == "before").any():
         return "failed", evidence
