@@ -17,6 +17,7 @@ from mechlab.arithmetic.emergence import (
     onsets,
     snapshot_measures,
     timing_against_jump,
+    with_shares_lost,
 )
 from mechlab.arithmetic.sweeps import MAIN_SEEDS
 from mechlab.arithmetic.task import ArithmeticSplit
@@ -105,3 +106,10 @@ def test_a_quick_run_exports_its_series_and_their_measurements(tmp_path, generat
     assert json.loads((tmp_path / "ck" / "study.json").read_text())["name"] == "emergence"
     with pytest.raises(FileNotFoundError, match="no step_.*snapshots"):
         measure_run(tmp_path / "ck", EMERGENCE.model_config, generated_data[0])
+
+
+def test_a_readers_share_of_the_accuracy_it_removes():
+    table = with_shares_lost(measured(test_exact=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0], a_drop=[0.0, 0.18, 0.36, 0.5, 0.7, 0.9],
+                                      b_drop=[0.0] * 6))
+    assert table["a_share_lost"].round(3).tolist() == [0.0, 0.9, 0.9, 0.833, 0.875, 0.9]
+    assert onsets(table, ["a_share_lost", "a_drop"]).set_index("measure")["onset"].to_dict() == {"a_share_lost": 1000, "a_drop": 2000}

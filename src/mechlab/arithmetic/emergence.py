@@ -60,7 +60,10 @@ MEASURES = ("test_exact", "a_mass", "b_mass", "a_drop", "b_drop", "role_heads", 
 # Smallest move from the first snapshot's value to the extreme that counts as a change (`jump_step`):
 # below it a measurement is taken to have stayed where it was.
 MIN_CHANGE = {"test_exact": 0.1, "a_mass": 0.1, "b_mass": 0.1, "a_drop": 0.1, "b_drop": 0.1, "role_heads": 2,
-              "mlp_share": 0.1, "residue_acc": 0.1}
+              "mlp_share": 0.1, "residue_acc": 0.1, "a_share_lost": 0.1, "b_share_lost": 0.1}
+# A reader's drop cannot exceed the model's exact match, so it grows with accuracy whatever the reader
+# does; its share of the accuracy it removes (drop / test_exact) says when the model comes to depend on it.
+RELATIVE = {"a_share_lost": "a_drop", "b_share_lost": "b_drop"}
 
 
 @dataclasses.dataclass
@@ -129,8 +132,14 @@ def measure_run(run_dir: Path, model_config, data_dir: Path, out: Path | None = 
 
 
 def load_measures(path: Path) -> pd.DataFrame:
-    """An emergence.json written by `measure_run`."""
-    return pd.DataFrame(json.loads(Path(path).read_text()))
+    """An emergence.json written by `measure_run`, with the RELATIVE columns added (`with_shares_lost`)."""
+    return with_shares_lost(pd.DataFrame(json.loads(Path(path).read_text())))
+
+
+def with_shares_lost(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with each RELATIVE column: a reader's drop as a share of test exact match (0 where that is 0)."""
+    exact = table["test_exact"].where(table["test_exact"] > 0)
+    return table.assign(**{name: (table[drop] / exact).fillna(0.0) for name, drop in RELATIVE.items()})
 
 
 # --- when does each piece appear? ---------------------------------------------------------------
