@@ -9,7 +9,13 @@ from mechlab.analysis.ablation import Component, reference_activations
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of
 from mechlab.arithmetic.extension_studies import multitask_config
 from mechlab.arithmetic.extensions import MULTITASK_TOKENIZER, multitask_rows
-from mechlab.arithmetic.multitask import answer_probes, component_sharing, neuron_selectivity, per_task_ablation
+from mechlab.arithmetic.multitask import (
+    answer_probes,
+    component_sharing,
+    neuron_selectivity,
+    per_task_ablation,
+    share_of_heads,
+)
 from mechlab.arithmetic.task import ArithmeticSplit
 from mechlab.arithmetic.tokenizer import MODEL_INPUT_LEN
 from mechlab.core.model import build_model
@@ -32,6 +38,8 @@ def test_a_component_critical_for_two_operators_is_shared_and_for_one_specific()
     assert sharing["sharing"].to_dict() == {"L0H0": "shared", "L3H1": "specific to -", "MLP3": "shared", "L2H2": "unused"}
     assert sharing.loc["L0H0", "serves"] == "+-" and sharing.loc["MLP3", "serves"] == "+-*"
     assert list(sharing.columns[:5]) == ["+", "-", "*", "kind", "layer"] and sharing.loc["MLP3", "layer"] == 3
+    assert share_of_heads(sharing, [0], "shared") == 1.0 and share_of_heads(sharing, [2, 3], "specific") == 0.5
+    assert share_of_heads(sharing, [1], "shared") != share_of_heads(sharing, [1], "shared")  # no head there: NaN
 
 
 @pytest.fixture(scope="module")

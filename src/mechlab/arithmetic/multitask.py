@@ -64,6 +64,13 @@ def component_sharing(table: pd.DataFrame, operators: str = MULTITASK_OPERATORS,
     return drops.join(where).assign(serves=serves, sharing=sharing)
 
 
+def share_of_heads(sharing: pd.DataFrame, layers: Sequence[int], label: str) -> float:
+    """The share of the heads in `layers` (rows of `component_sharing`) whose `sharing` starts with
+    `label` ("shared", "specific", "unused"); NaN when those layers hold no head."""
+    heads = sharing[(sharing["kind"] == "head") & sharing["layer"].isin(list(layers))]
+    return float(heads["sharing"].str.startswith(label).mean()) if len(heads) else float("nan")
+
+
 def answer_values(rows: list[dict]) -> torch.Tensor:
     """[n, 1] the answer of each row, (a op b) mod m, as an integer."""
     return torch.tensor([[int(row["answer"])] for row in rows])
