@@ -8,6 +8,8 @@ operand digit counts, same answer length), so positions line up between clean an
 * kind "b":    b changed, a the same, same number of wraps
 * kind "wrap": a changed so that the sum crosses the modulus: one of the two sums is < m (no
                wrap), the other in [m, 2m) (one wrap)
+* kind "m":    the modulus changed (to another of `moduli` with as many digits), a and b the same:
+               does the model read the modulus it is given? (the multi-modulus extension)
 
 and the first answer digit always differs, so the first-digit logit difference is informative.
 
@@ -35,7 +37,8 @@ from mechlab.arithmetic.task import ArithmeticSplit, teacher_forced_exact
 from mechlab.arithmetic.tokenizer import EQUALS_POS, MODEL_INPUT_LEN, N_ANSWER_TOKENS
 
 ANSWER_POSITIONS = list(range(EQUALS_POS, EQUALS_POS + N_ANSWER_TOKENS))  # positions predicting answer tokens
-PAIR_KINDS = ("a", "b", "wrap")
+PAIR_KINDS = ("a", "b", "wrap")  # the main study's kinds (one modulus)
+MODULUS_KIND = "m"  # needs prompts with several moduli (make_pairs(..., moduli=...))
 
 
 # --- clean / corrupted pairs -------------------------------------------------------------------
@@ -49,9 +52,16 @@ def _same_digit_range(x: int) -> range:
     return range(0 if d == 1 else 10 ** (d - 1), 10**d)
 
 
-def _corrupt(row: dict, kind: str, rng: random.Random) -> dict | None:
+def _corrupt(row: dict, kind: str, rng: random.Random, moduli: Sequence[int]) -> dict | None:
     a, b, m = row["a"], row["b"], row["m"]
     answer = str((a + b) % m)
+    if kind == MODULUS_KIND:
+        others = [n for n in moduli if n != m and _digits(n) == _digits(m)]
+        ok = [n for n in others if len(str((a + b) % n)) == len(answer) and str((a + b) % n)[0] != answer[0]]
+        if not ok:
+            return None
+        new_m = rng.choice(ok)
+        return Example(a, b, new_m, bucket_of(a, b, new_m)).to_json()
     if kind == "a":
         cands = [(x, b) for x in _same_digit_range(a) if x != a and (x + b) // m == (a + b) // m]
     elif kind == "b":
@@ -62,7 +72,7 @@ def _corrupt(row: dict, kind: str, rng: random.Random) -> dict | None:
         want = 1 - (a + b) // m
         cands = [(x, b) for x in _same_digit_range(a) if (x + b) // m == want]
     else:
-        raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS}")
+        raise ValueError(f"unknown pair kind {kind!r}; expected one of {PAIR_KINDS + (MODULUS_KIND,)}")
     cands = [(x, y) for x, y in cands if x <= MAX_OPERAND and y <= MAX_OPERAND]
     ok = []
     for x, y in cands:
@@ -120,10 +130,11 @@ DEFAULT_LAYOUTS = {"a": (3, 3), "b": (3, 3), "wrap": (2, 2)}
 
 
 def make_pairs(rows: Sequence[dict], kind: str, n: int, seed: int = 0,
-               digits: tuple[int, int] | None = None) -> PatchingPairs:
+               digits: tuple[int, int] | None = None, moduli: Sequence[int] = (MODULUS,)) -> PatchingPairs:
     """Up to `n` clean/corrupted pairs of `kind` (see the module docstring), clean rows drawn in
     a seeded random order from `rows` (e.g. the test split). Rows with no valid partner are skipped.
-    `digits=(da, db)` keeps only clean rows whose operands have da and db digits (one layout)."""
+    `digits=(da, db)` keeps only clean rows whose operands have da and db digits (one layout);
+    only rows whose modulus is one of `moduli` are used, and kind "m" draws its new modulus from them."""
     rng = random.Random(seed)
     order = list(range(len(rows)))
     rng.shuffle(order)
@@ -132,11 +143,11 @@ def make_pairs(rows: Sequence[dict], kind: str, n: int, seed: int = 0,
         if len(clean) >= n:
             break
         row = rows[i]
-        if row.get("m", MODULUS) != MODULUS:
+        if row.get("m", MODULUS) not in moduli:
             continue
         if digits is not None and (_digits(row["a"]), _digits(row["b"])) != tuple(digits):
             continue
-        partner = _corrupt(row, kind, rng)
+        partner = _corrupt(row, kind, rng, moduli)
         if partner is not None:
             clean.append(row)
             corrupted.append(partner)

@@ -1,0 +1,71 @@
+"""Modulus pairs and the measurements of whether a model reads the modulus written in its prompt."""
+import pytest
+import torch
+
+from mechlab.arithmetic.data import Example, bucket_of
+from mechlab.arithmetic.multimodulus import modulus_effect, modulus_patching, modulus_positions
+from mechlab.arithmetic.pairs import MODULUS_KIND, make_pairs
+from mechlab.arithmetic.tokenizer import VOCAB
+
+MODULI = (113, 101, 103, 107, 109, 131)  # three-digit moduli, so every pair keeps its layout
+
+
+@pytest.fixture(scope="module")
+def rows_mod_113() -> list[dict]:
+    return [Example(a, b, 113, bucket_of(a, b, 113)).to_json() for a in range(100, 1000, 37) for b in range(100, 1000, 53)]
+
+
+@pytest.fixture(scope="module")
+def modulus_pairs(rows_mod_113):
+    return make_pairs(rows_mod_113, MODULUS_KIND, 12, seed=0, digits=(3, 3), moduli=MODULI)
+
+
+class BlindToModulus(torch.nn.Module):
+    """Answers every prompt as if it said "mod 113", whatever modulus is written."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.clone()
+        tokens[:, modulus_positions(113)] = torch.tensor([VOCAB.index(d) for d in "113"])
+        return self.model(tokens)
+
+
+def test_modulus_pairs_change_only_the_modulus_digits(modulus_pairs):
+    assert len(modulus_pairs) == 12
+    for clean, changed in zip(modulus_pairs.clean.rows, modulus_pairs.corrupted.rows):
+        assert (changed["a"], changed["b"]) == (clean["a"], clean["b"]) and clean["m"] == 113
+        assert changed["m"] in MODULI and changed["m"] != 113
+        assert len(changed["answer"]) == len(clean["answer"]) and changed["answer"][0] != clean["answer"][0]
+    differs = (modulus_pairs.clean_tokens != modulus_pairs.corrupted_tokens).any(0).nonzero().flatten().tolist()
+    assert set(differs) <= set(modulus_positions(113)) and differs
+
+
+def test_modulus_pairs_need_other_moduli(rows_mod_113):
+    with pytest.raises(ValueError, match="no valid 'm' pairs"):
+        make_pairs(rows_mod_113, MODULUS_KIND, 5)  # only mod 113 allowed: nothing to change it to
+
+
+def test_a_model_that_reads_the_modulus_follows_it(arithmetic_oracle, modulus_pairs):
+    effect = modulus_effect(arithmetic_oracle(), modulus_pairs)
+    assert effect["follows_written"] == 1.0 and effect["keeps_clean"] == 0.0
+    assert effect["effect"] == pytest.approx(40.0)  # +20 on the clean prompt, -20 on the changed one
+
+
+def test_a_model_blind_to_the_modulus_shows_no_effect(arithmetic_oracle, modulus_pairs):
+    effect = modulus_effect(BlindToModulus(arithmetic_oracle()), modulus_pairs)
+    assert effect["follows_written"] == 0.0 and effect["keeps_clean"] == 1.0
+    assert effect["effect"] == pytest.approx(0.0)
+
+
+def test_modulus_enters_only_at_its_digits(tiny_model, modulus_pairs):
+    patched = modulus_patching(tiny_model, modulus_pairs)
+    n_layers, n_heads = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
+    assert patched["z_all_pos"].shape == (n_layers, n_heads)
+    resid = patched["resid_pre"]  # [n_layers, pos]
+    elsewhere = [p for p in range(resid.shape[1]) if p not in modulus_positions(113)]
+    # before layer 0 the two runs differ only at the modulus digits: patching anywhere else restores nothing
+    assert resid[0, elsewhere].abs().max().item() == pytest.approx(0.0, abs=1e-9)
+    assert resid[0, modulus_positions(113)].abs().max().item() > 0
