@@ -98,6 +98,8 @@ TRAIN_FLAGS_shakespeare_char_seed2 := --threads 1
 TRAIN_FLAGS_grokking_published_seed999 := --threads 1
 TRAIN_FLAGS_grokking_published_seed0 := --threads 1
 TRAIN_FLAGS_grokking_published_seed1 := --threads 1
+# The committed multi-task model was trained on one thread, beside two replication seeds.
+TRAIN_FLAGS_multitask := --threads 1
 train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
