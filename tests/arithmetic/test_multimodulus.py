@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.multimodulus import modulus_effect, modulus_patching, modulus_positions
+from mechlab.arithmetic.multimodulus import OTHER, answered_modulus, modulus_effect, modulus_patching, modulus_positions
 from mechlab.arithmetic.pairs import MODULUS_KIND, make_pairs
+from mechlab.arithmetic.roles import position_slots
 from mechlab.arithmetic.tokenizer import VOCAB
 
 MODULI = (113, 101, 103, 107, 109, 131)  # three-digit moduli, so every pair keeps its layout
@@ -33,14 +34,20 @@ class BlindToModulus(torch.nn.Module):
         return self.model(tokens)
 
 
-def test_modulus_pairs_change_only_the_modulus_digits(modulus_pairs):
+def test_modulus_positions_are_the_modulus_digit_slots(modulus_pairs):
+    slots = position_slots(modulus_pairs.clean_tokens[0])[0]
+    assert [slots[p] for p in modulus_positions(113)] == ["m:100", "m:10", "m:1"]
+    assert [slots[p] for p in modulus_positions(89)] == ["m:10", "m:1"]  # a two-digit modulus ends at the same place
+
+
+def test_modulus_pairs_change_only_the_modulus(modulus_pairs):
     assert len(modulus_pairs) == 12
     for clean, changed in zip(modulus_pairs.clean.rows, modulus_pairs.corrupted.rows):
         assert (changed["a"], changed["b"]) == (clean["a"], clean["b"]) and clean["m"] == 113
         assert changed["m"] in MODULI and changed["m"] != 113
         assert len(changed["answer"]) == len(clean["answer"]) and changed["answer"][0] != clean["answer"][0]
     differs = (modulus_pairs.clean_tokens != modulus_pairs.corrupted_tokens).any(0).nonzero().flatten().tolist()
-    assert set(differs) <= set(modulus_positions(113)) and differs
+    assert differs and set(differs) <= set(modulus_positions(113))
 
 
 def test_modulus_pairs_need_other_moduli(rows_mod_113):
@@ -61,7 +68,7 @@ def test_a_model_blind_to_the_modulus_shows_no_effect(arithmetic_oracle, modulus
 
 
 def test_modulus_enters_only_at_its_digits(tiny_model, modulus_pairs):
-    patched = modulus_patching(tiny_model, modulus_pairs)
+    patched = modulus_patching(tiny_model, modulus_pairs, min_effect=0.0)  # a random model hardly reads it
     n_layers, n_heads = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads
     assert patched["z_all_pos"].shape == (n_layers, n_heads)
     resid = patched["resid_pre"]  # [n_layers, pos]
@@ -69,3 +76,15 @@ def test_modulus_enters_only_at_its_digits(tiny_model, modulus_pairs):
     # before layer 0 the two runs differ only at the modulus digits: patching anywhere else restores nothing
     assert resid[0, elsewhere].abs().max().item() == pytest.approx(0.0, abs=1e-9)
     assert resid[0, modulus_positions(113)].abs().max().item() > 0
+
+
+def test_patching_refuses_a_modulus_that_moves_nothing(tiny_model, modulus_pairs):
+    with pytest.raises(ValueError, match="nothing to patch"):
+        modulus_patching(tiny_model, modulus_pairs, min_effect=1e6)
+
+
+def test_answered_modulus_names_the_modulus_an_answer_is_right_for():
+    rows = [{"a": 100, "b": 50, "m": 127}] * 4  # 150: mod 127 -> 23, mod 131 -> 19, mod 113 -> 37
+    assert answered_modulus(rows, ["23", "19", "37", "5"], candidates=(131, 113)) == ["127", "131", "113", OTHER]
+    small = [{"a": 10, "b": 20, "m": 97}]  # 30 is 30 mod every candidate: counted as the row's own
+    assert answered_modulus(small, ["30"], candidates=(101, 89)) == ["97"]

@@ -10,18 +10,25 @@ answer digit different), so everything but the modulus's digits lines up positio
   answer the model writes for the changed prompt (its own, or the unchanged prompt's);
 * `modulus_patching`: activation patching from the clean run into the changed one, normalized
   (0 = changed run, 1 = clean run): the residual stream by layer and position (where the modulus
-  enters and travels to `=`) and each head's output (which heads carry it).
+  enters and travels to `=`) and each head's output (which heads carry it);
+* `answered_modulus`: for each answer, the modulus it is right for (the written one, or which other).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from mechlab.analysis.patching import batched_patch, run_cache
+from mechlab.analysis.patching import patch_sweeps, run_cache
 from mechlab.arithmetic.pairs import LogitDiffMetric, PatchingPairs
-from mechlab.arithmetic.task import answer_logits, predicted_answers
+from mechlab.arithmetic.task import predicted_answers
 from mechlab.arithmetic.tokenizer import EQUALS_POS
 
 PATCHING_SWEEPS = ("resid_pre", "z_all_pos")
+# Below this first-digit logit difference between the clean and changed runs, normalising a patched
+# run divides by almost nothing: `modulus_patching` refuses rather than return noise.
+MIN_PATCHABLE_EFFECT = 0.5
+OTHER = "other"  # `answered_modulus` for an answer that no candidate modulus gives
 
 
 def modulus_positions(m: int) -> list[int]:
@@ -30,16 +37,20 @@ def modulus_positions(m: int) -> list[int]:
     return list(range(EQUALS_POS - 1 - n_digits, EQUALS_POS - 1))
 
 
-@torch.no_grad()
-def first_digit_logit_diff(model, tokens: torch.Tensor, pairs: PatchingPairs) -> float:
-    """logit(clean first digit) - logit(changed first digit) at `=`, mean over the pairs."""
-    device = next(model.parameters()).device
-    logits = answer_logits(model, tokens.to(device)).cpu()  # [n, answer positions, V]
-    return LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit).raw(logits[:, :1]).item()
+def first_digit_metric(pairs: PatchingPairs) -> LogitDiffMetric:
+    """logit(clean first digit) - logit(changed first digit) at `=`, mean over the pairs (raw, uncalibrated)."""
+    return LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit)
 
 
 @torch.no_grad()
-def modulus_effect(model, pairs: PatchingPairs) -> dict[str, float]:
+def logit_diff(model: torch.nn.Module, tokens: torch.Tensor, metric: LogitDiffMetric) -> float:
+    """`metric`'s raw value on tokens [n, MODEL_INPUT_LEN]."""
+    logits = model(tokens.to(next(model.parameters()).device)).cpu()  # [n, pos, d_vocab]
+    return metric.raw(logits[:, metric.positions]).item()
+
+
+@torch.no_grad()
+def modulus_effect(model: torch.nn.Module, pairs: PatchingPairs) -> dict[str, float]:
     """How much the written modulus matters, on modulus pairs:
 
     * `logit_diff_clean`, `logit_diff_changed`: the first-digit logit difference on the clean
@@ -49,8 +60,8 @@ def modulus_effect(model, pairs: PatchingPairs) -> dict[str, float]:
       the written modulus;
     * `keeps_clean`: fraction answered with the clean prompt's answer, as if the modulus were unread.
     """
-    clean = first_digit_logit_diff(model, pairs.clean_tokens, pairs)
-    changed = first_digit_logit_diff(model, pairs.corrupted_tokens, pairs)
+    metric = first_digit_metric(pairs)
+    clean, changed = logit_diff(model, pairs.clean_tokens, metric), logit_diff(model, pairs.corrupted_tokens, metric)
     answers = predicted_answers(model, pairs.corrupted)
     n = len(pairs)
     return {"logit_diff_clean": clean, "logit_diff_changed": changed, "effect": clean - changed,
@@ -59,13 +70,30 @@ def modulus_effect(model, pairs: PatchingPairs) -> dict[str, float]:
 
 
 @torch.no_grad()
-def modulus_patching(model, pairs: PatchingPairs) -> dict[str, torch.Tensor]:
+def modulus_patching(model, pairs: PatchingPairs, min_effect: float = MIN_PATCHABLE_EFFECT) -> dict[str, torch.Tensor]:
     """Normalized first-digit logit difference restored by patching clean activations into the run on
-    the changed modulus: "resid_pre" [n_layers, pos] and "z_all_pos" [n_layers, n_heads].
-    Raises ValueError when the modulus does not move the logit difference (nothing to restore)."""
+    the changed modulus (a HookedTransformer): "resid_pre" [n_layers, pos] and "z_all_pos"
+    [n_layers, n_heads]. Raises ValueError when the modulus moves the logit difference by less than
+    `min_effect` (there is nothing to restore)."""
     device = model.cfg.device
-    metric = LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit).calibrate(
-        model(pairs.clean_tokens.to(device)).cpu(), model(pairs.corrupted_tokens.to(device)).cpu())
-    _, clean_cache = run_cache(model, pairs.clean_tokens.to(device))
-    return {sweep: batched_patch(model, pairs.corrupted_tokens, clean_cache, metric, sweep).cpu()
-            for sweep in PATCHING_SWEEPS}
+    clean_logits, clean_cache = run_cache(model, pairs.clean_tokens.to(device))
+    changed_logits, changed_cache = run_cache(model, pairs.corrupted_tokens.to(device))
+    metric = first_digit_metric(pairs).calibrate(clean_logits.cpu(), changed_logits.cpu())
+    if abs(metric.clean_value - metric.corrupted_value) < min_effect:
+        raise ValueError(f"the written modulus moves the first-digit logit difference by only "
+                         f"{metric.clean_value - metric.corrupted_value:.3f} (< {min_effect}): nothing to patch")
+    found = patch_sweeps(model, pairs.corrupted_tokens, clean_cache, {"logit_diff": metric}, PATCHING_SWEEPS, changed_cache)
+    return {sweep: found["logit_diff", sweep].cpu() for sweep in PATCHING_SWEEPS}
+
+
+def answered_modulus(rows: Sequence[dict], answers: Sequence[str], candidates: Sequence[int]) -> list[str]:
+    """For each row, the modulus its answer is right for: the row's own ("m" key) if it is, else the
+    first of `candidates` (order them by preference, e.g. nearest first) for which a + b mod it is
+    the answer, else OTHER. Below every candidate a + b mod m is a + b for all of them, so such an
+    answer counts as the row's own."""
+    found = []
+    for row, answer in zip(rows, answers, strict=True):
+        total = row["a"] + row["b"]
+        match = next((m for m in (row["m"], *candidates) if str(total % m) == answer), None)
+        found.append(OTHER if match is None else str(match))
+    return found
