@@ -100,6 +100,10 @@ TRAIN_FLAGS_grokking_published_seed0 := --threads 1
 TRAIN_FLAGS_grokking_published_seed1 := --threads 1
 # The committed multi-task model was trained on one thread, beside two replication seeds.
 TRAIN_FLAGS_multitask := --threads 1
+# The multi-modulus, LSTM and encoder-decoder models likewise, two at a time.
+TRAIN_FLAGS_multimodulus := --threads 1
+TRAIN_FLAGS_lstm := --threads 1
+TRAIN_FLAGS_encdec := --threads 1
 train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 	$(PY) -m mechlab $* train $(TRAIN_FLAGS_$*)
 	$(PY) -m mechlab $* export
