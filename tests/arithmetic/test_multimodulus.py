@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.multimodulus import OTHER, answered_modulus, modulus_effect, modulus_patching, modulus_positions
+from mechlab.arithmetic.multimodulus import OTHER, answered_modulus, is_general, modulus_effect, modulus_patching, modulus_positions
 from mechlab.arithmetic.pairs import MODULUS_KIND, make_pairs
 from mechlab.arithmetic.roles import position_slots
 from mechlab.arithmetic.tokenizer import VOCAB
@@ -88,3 +88,9 @@ def test_answered_modulus_names_the_modulus_an_answer_is_right_for():
     assert answered_modulus(rows, ["23", "19", "37", "5"], candidates=(131, 113)) == ["127", "131", "113", OTHER]
     small = [{"a": 10, "b": 20, "m": 97}]  # 30 is 30 mod every candidate: counted as the row's own
     assert answered_modulus(small, ["30"], candidates=(101, 89)) == ["97"]
+
+
+def test_a_model_is_general_only_if_every_held_out_modulus_is_near_the_weakest_seen_one():
+    seen = {89: 0.97, 101: 0.99, 113: 0.90}
+    assert is_general(seen | {97: 0.85, 127: 0.95}, held_out=(97, 127))
+    assert not is_general(seen | {97: 0.05, 127: 0.95}, held_out=(97, 127))  # one held-out modulus fails

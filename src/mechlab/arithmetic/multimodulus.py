@@ -97,3 +97,13 @@ def answered_modulus(rows: Sequence[dict], answers: Sequence[str], candidates: S
         match = next((m for m in (row["m"], *candidates) if str(total % m) == answer), None)
         found.append(OTHER if match is None else str(match))
     return found
+
+
+GENERAL_MARGIN = 0.10  # how far below the weakest training modulus a held-out one may score
+
+
+def is_general(exact_by_modulus: dict[int, float], held_out: Sequence[int], margin: float = GENERAL_MARGIN) -> bool:
+    """Whether a model computes "mod the number written" beyond its training moduli: every held-out
+    modulus's exact match is within `margin` of the weakest training modulus's."""
+    seen = [v for m, v in exact_by_modulus.items() if m not in held_out]
+    return min(exact_by_modulus[m] for m in held_out) >= min(seen) - margin
