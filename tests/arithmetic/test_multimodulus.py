@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from mechlab.arithmetic.data import Example, bucket_of
-from mechlab.arithmetic.multimodulus import OTHER, answered_modulus, is_general, modulus_effect, modulus_patching, modulus_positions
+from mechlab.arithmetic.multimodulus import (
+    OTHER,
+    answered_modulus,
+    is_general,
+    modulus_effect,
+    modulus_patching,
+    modulus_positions,
+)
 from mechlab.arithmetic.pairs import MODULUS_KIND, make_pairs
 from mechlab.arithmetic.roles import position_slots
 from mechlab.arithmetic.tokenizer import VOCAB
