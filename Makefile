@@ -10,8 +10,8 @@
 #                       three_layer, three_layer_wd01, toylm_zero_layer, toylm_attn_only_1l, toylm_attn_only_2l,
 #                       toylm_attn_only_2l_ctx256, toylm_attn_only_2l_lr1e2, toylm_attn_only_2l_ctx256_lr1e2,
 #                       shakespeare_char_seed0/1/2; shakespeare_char_gpu wants a GPU; grokking_published_seed999/0/1,
-#                       emergence (the same run as sweep main_seeds' seed 1), multitask, multimodulus, lstm;
-#                       encdec: registered, not trained yet):
+#                       emergence (the same run as sweep main_seeds' seed 1), multitask, multimodulus, lstm,
+#                       encdec):
 #                       reproduces its committed checkpoint folder
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`

@@ -24,15 +24,13 @@ TRAINED = {"main", "grokking_mlp", "grokking_mlp_seed", "grokking_transformer", 
            "toylm_attn_only_2l_lr1e2", "toylm_attn_only_2l_ctx256_lr1e2",
            "shakespeare_char_seed0", "shakespeare_char_seed1", "shakespeare_char_seed2",
            "grokking_published_seed999", "grokking_published_seed0", "grokking_published_seed1", "emergence", "multitask",
-           "multimodulus", "lstm"}
+           "multimodulus", "lstm", "encdec"}
 GPU_ONLY = {"shakespeare_char_gpu"}  # registered for a make target on a GPU machine; nothing committed
-# Registered with a make target, not trained yet: issue 15's extensions (recipes fixed).
-NOT_YET_TRAINED = {"encdec"}
 READS_MAIN_DATA = {"main", "multitask", "lstm", "encdec", "emergence"}  # make_task reads data/{train,val}.jsonl
 
 
 def test_every_trained_model_is_registered():
-    assert set(STUDIES) == TRAINED | GPU_ONLY | NOT_YET_TRAINED
+    assert set(STUDIES) == TRAINED | GPU_ONLY
     assert get_study("three_layer_wd01").export_dir.as_posix() == "checkpoints/three_layer/wd01"  # where notebook 12 reads it
 
 
@@ -47,7 +45,7 @@ def test_a_name_is_registered_once():
         register_study(clash)
 
 
-@pytest.mark.parametrize("name", sorted(TRAINED | GPU_ONLY | NOT_YET_TRAINED))
+@pytest.mark.parametrize("name", sorted(TRAINED | GPU_ONLY))
 def test_every_study_builds_its_model_and_quick_task(name, generated_data):
     from mechlab.toylm.data import shakespeare_path
     if name.startswith(("toylm_", "shakespeare_")) and not shakespeare_path().is_file():
