@@ -16,7 +16,7 @@
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
-#   make sweep-NAME     run registered sweep NAME (main_seeds, main_minimal, grokking_mlp_width; WORKERS=N, RAY=ADDRESS)
+#   make sweep-NAME     run registered sweep NAME (main_seeds, main_minimal, main_widths, grokking_mlp_width; WORKERS=N, RAY=ADDRESS)
 #   make bench          run the benchmarks
 #   make explore        the interactive explorer on http://127.0.0.1:7860 (installs the `explorer` extra on first use)
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew

@@ -18,8 +18,8 @@ Tiny Shakespeare from $MECHLAB_SHAKESPEARE or ../shared/data/tinyshakespeare.txt
 committed under the study's export dir (for the grokking runs also series.pt / progress.json).
 `evaluate` prints its results; with --save it also writes them into the export dir (the main
 study's final_eval.json). `sweep NAME` trains every point of a registered sweep (mechlab.core.sweep:
-main_seeds, main_minimal, grokking_mlp_width) that has not finished, into runs/sweeps/NAME/, and writes its
-results table to checkpoints/sweeps/NAME.json (a --quick sweep: runs/sweeps/NAME/quick/results.json).
+main_seeds, main_minimal, main_widths, grokking_mlp_width) that has not finished, into runs/sweeps/NAME/, and
+writes its results table to checkpoints/sweeps/NAME.json (a --quick sweep: runs/sweeps/NAME/quick/results.json).
 Mistakes a user can make (a missing or damaged file, edited data, a run
 of another recipe, an invalid recipe) end with one line naming what is wrong, not a traceback.
 """

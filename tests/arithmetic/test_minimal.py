@@ -45,10 +45,14 @@ def test_minimal_table_evaluates_exported_points_and_leaves_the_rest_empty(tmp_p
     results = [{"id": export.name, "n_layers": 2, "n_heads": 2, "parameters": 9_000, "steps": 1000, "seconds": 60.0,
                 "stopped_because": "max_steps"},
                {"id": "n_layers=1,n_heads=2,seed=0", "n_layers": 1, "n_heads": 2, "parameters": 5_000, "steps": 1000,
-                "seconds": 30.0, "stopped_because": "max_steps"}]
+                "seconds": 30.0, "stopped_because": "max_steps"},
+               {"id": "n_layers=1,n_heads=2,d_model=32,seed=0", "n_layers": 1, "n_heads": 2, "d_model": 32,
+                "parameters": 2_000, "steps": 1000, "seconds": 20.0, "stopped_because": "max_steps"}]
     table = minimal_table(results, tmp_path, data_dir, limit=50)
-    assert list(table.index) == ["n_layers=1,n_heads=2,seed=0", export.name]  # by parameter count
+    assert list(table.index) == ["n_layers=1,n_heads=2,d_model=32,seed=0", "n_layers=1,n_heads=2,seed=0",
+                                 export.name]  # by parameter count
     assert np.isnan(table.loc["n_layers=1,n_heads=2,seed=0", "test exact"])
+    assert list(table["d_model"]) == [32, 128, 128]  # a sweep that does not vary the width has the main model's
     row = table.loc[export.name]
     assert row["total heads"] == 4 and row["minutes"] == 1.0 and row["best val exact"] == 0.3
     assert row["weakest layout exact"] <= row["test exact"]  # the weakest layout is at most the overall

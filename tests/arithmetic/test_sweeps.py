@@ -1,9 +1,9 @@
-"""The main study's sweeps: the replication sweep changes the seed only, and the minimal-model grid holds
-the main model itself."""
+"""The main study's sweeps: the replication sweep changes the seed only, the minimal-model grid holds
+the main model itself, and the widths sweep narrows only the residual stream."""
 import dataclasses
 
 from mechlab.arithmetic.study import MAIN, TRAIN_CONFIG
-from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_SEEDS
+from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_SEEDS, MAIN_WIDTHS
 from mechlab.core.sweep import points
 
 
@@ -22,3 +22,12 @@ def test_main_minimal_is_layers_by_heads_two_layers_first_and_holds_the_main_arc
     main_point = {p.id: p for p in found}["n_layers=4,n_heads=8,seed=0"]
     assert main_point.model_config == MAIN.model_config
     assert main_point.train_config == dataclasses.replace(MAIN.train_config, precision="bfloat16", compile=True)
+
+
+def test_main_widths_narrows_the_residual_stream_of_the_two_layer_point_only():
+    found = points(MAIN_WIDTHS)
+    assert [p.id for p in found] == ["n_layers=2,n_heads=8,d_model=64,seed=0", "n_layers=2,n_heads=8,d_model=32,seed=0"]
+    two_layers = {p.id: p for p in points(MAIN_MINIMAL)}["n_layers=2,n_heads=8,seed=0"]
+    for point, width in zip(found, (64, 32)):
+        assert point.model_config == dataclasses.replace(two_layers.model_config, d_model=width)
+        assert point.train_config == two_layers.train_config
