@@ -2,12 +2,15 @@
 one tiny exported model for the table."""
 import json
 import re
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import pytest
 
-from mechlab.arithmetic.minimal import design_claims, minimal_table, smallest_reaching
-from mechlab.core.model import build_model, save_checkpoint
+from mechlab.arithmetic.minimal import design_claims, grid_table, minimal_table, point_config, smallest_reaching
+from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split
+from mechlab.core.io import write_json_atomic
+from mechlab.core.model import CheckpointMismatchError, build_model, load_checkpoint, save_checkpoint
 
 
 def planted(points: dict[tuple[int, int], float]) -> pd.DataFrame:
@@ -28,32 +31,65 @@ def test_a_two_layer_point_above_82_percent_fails_both_of_its_claims():
     claims = design_claims(planted({(2, 8): 0.997, (4, 8): 0.999}))
     assert claims.loc["at least 3 layers and 6 total heads are needed for 95%", "verdict"] == "failed"
     assert claims.loc["2 layers reach at most 82%", "verdict"] == "failed"
-    assert claims.loc["4 heads or fewer reach at most 82%", "verdict"] == "untested"
+    assert claims.loc["4 heads or fewer in all reach at most 82%", "verdict"] == "untested"
+    assert claims.loc["4 heads or fewer per layer reach at most 82%", "verdict"] == "untested"
+
+
+def test_four_heads_per_layer_and_four_heads_in_all_are_judged_apart():
+    claims = design_claims(planted({(2, 4): 0.93, (1, 4): 0.60}))  # 8 heads in all at 0.93; 4 in all at 0.60
+    assert claims.loc["4 heads or fewer per layer reach at most 82%", "verdict"] == "failed"
+    assert claims.loc["4 heads or fewer in all reach at most 82%", "verdict"] == "held"
 
 
 def test_claims_hold_when_the_small_points_stay_below_the_ceiling():
-    claims = design_claims(planted({(2, 2): 0.80, (1, 4): 0.30, (3, 2): 0.99}))
+    claims = design_claims(planted({(2, 2): 0.80, (1, 4): 0.30, (3, 8): 0.99}))
     assert set(claims["verdict"]) == {"held"}
     assert "n_layers=2,n_heads=2,seed=0: 0.8000" in claims.loc["2 layers reach at most 82%", "evidence"]
 
 
-def test_minimal_table_evaluates_exported_points_and_leaves_the_rest_empty(tmp_path, tiny_config, generated_data):
+def export_point(exports: Path, result: dict) -> None:
+    """Save an untrained model of the row's config under exports/<id>, with a two-row history."""
+    config = point_config(result)
+    save_checkpoint(build_model(config, device="cpu"), config, exports / result["id"] / "model.pt")
+    (exports / result["id"] / "metrics.json").write_text(json.dumps([{"step": 500, "val_exact": 0.1},
+                                                                     {"step": 1000, "val_exact": 0.3}]))
+
+
+def row(n_layers: int, n_heads: int, parameters: int, **width) -> dict:
+    """A sweep results row (as `core.sweep.run_point` writes it) of a finished point."""
+    point = ",".join([f"n_layers={n_layers}", f"n_heads={n_heads}", *(f"d_model={w}" for w in width.values()), "seed=0"])
+    return {"id": point, "n_layers": n_layers, "n_heads": n_heads, **width, "seed": 0, "parameters": parameters,
+            "steps": 1000, "seconds": 60.0, "stopped_because": "max_steps"}
+
+
+def test_minimal_table_evaluates_exported_points_and_leaves_the_rest_empty(tmp_path, generated_data):
     data_dir, _ = generated_data
-    export = tmp_path / "n_layers=2,n_heads=2,seed=0"
-    save_checkpoint(build_model(tiny_config, device="cpu"), tiny_config, export / "model.pt")
-    (export / "metrics.json").write_text(json.dumps([{"step": 500, "val_exact": 0.1}, {"step": 1000, "val_exact": 0.3}]))
-    results = [{"id": export.name, "n_layers": 2, "n_heads": 2, "parameters": 9_000, "steps": 1000, "seconds": 60.0,
-                "stopped_because": "max_steps"},
-               {"id": "n_layers=1,n_heads=2,seed=0", "n_layers": 1, "n_heads": 2, "parameters": 5_000, "steps": 1000,
-                "seconds": 30.0, "stopped_because": "max_steps"},
-               {"id": "n_layers=1,n_heads=2,d_model=32,seed=0", "n_layers": 1, "n_heads": 2, "d_model": 32,
-                "parameters": 2_000, "steps": 1000, "seconds": 20.0, "stopped_because": "max_steps"}]
-    table = minimal_table(results, tmp_path, data_dir, limit=50)
-    assert list(table.index) == ["n_layers=1,n_heads=2,d_model=32,seed=0", "n_layers=1,n_heads=2,seed=0",
-                                 export.name]  # by parameter count
-    assert np.isnan(table.loc["n_layers=1,n_heads=2,seed=0", "test exact"])
-    assert list(table["d_model"]) == [32, 128, 128]  # a sweep that does not vary the width has the main model's
-    row = table.loc[export.name]
-    assert row["total heads"] == 4 and row["minutes"] == 1.0 and row["best val exact"] == 0.3
-    assert row["weakest layout exact"] <= row["test exact"]  # the weakest layout is at most the overall
-    assert re.fullmatch(r"\d\+\d", row["weakest layout"])
+    exported, not_exported, narrow = row(1, 2, 9_000, d_model=32), row(1, 2, 5_000), row(1, 1, 2_000, d_model=16)
+    export_point(tmp_path, exported)
+    table = minimal_table([exported, not_exported, narrow], tmp_path, data_dir, limit=50)
+    assert list(table.index) == [narrow["id"], not_exported["id"], exported["id"]]  # by parameter count
+    assert list(table["d_model"]) == [16, 128, 32]  # a sweep that does not vary the width has the main model's
+    assert table.loc[[narrow["id"], not_exported["id"]], "test exact"].isna().all()
+    measured = table.loc[exported["id"]]
+    model = load_checkpoint(tmp_path / exported["id"] / "model.pt")
+    assert measured["test exact"] == evaluate_split(model, ArithmeticSplit.load(data_dir, "test", 50), "test")["test_exact"]
+    assert measured["total heads"] == 2 and measured["minutes"] == 1.0 and measured["best val exact"] == 0.3
+    assert re.fullmatch(r"\d\+\d", measured["weakest layout"])
+
+
+def test_an_export_of_another_point_is_refused(tmp_path, generated_data):
+    data_dir, _ = generated_data
+    wide, narrow = row(1, 2, 9_000), row(1, 2, 2_000, d_model=32)
+    export_point(tmp_path, narrow)
+    (tmp_path / narrow["id"]).rename(tmp_path / wide["id"])  # the narrow model filed under the wide point's name
+    with pytest.raises(CheckpointMismatchError, match="d_model"):
+        minimal_table([wide], tmp_path, data_dir, limit=50)
+
+
+def test_grid_table_joins_the_sweeps_that_have_results_and_skips_the_rest(tmp_path, generated_data):
+    data_dir, _ = generated_data
+    write_json_atomic(tmp_path / "grid.json", {"rows": [row(2, 8, 9_000)]})
+    write_json_atomic(tmp_path / "widths.json", {"rows": [row(2, 8, 3_000, d_model=32)]})
+    table = grid_table(("grid", "widths", "not_run_yet"), tmp_path, data_dir, limit=50)
+    assert list(table["d_model"]) == [32, 128]
+    assert grid_table(("not_run_yet",), tmp_path, data_dir, limit=50).empty
