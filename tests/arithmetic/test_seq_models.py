@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechlab.arithmetic.seq_models import EncDecConfig, LSTMConfig
-from mechlab.arithmetic.task import answer_loss, evaluate_split, exact_match, greedy_answers
+from mechlab.arithmetic.task import answer_loss, evaluate_split, exact_match, greedy_answers, main_model_config
 from mechlab.arithmetic.tokenizer import ANSWER_START, EQUALS_POS, MODEL_INPUT_LEN, VOCAB
 from mechlab.core.model import (
     CheckpointMismatchError,
@@ -27,11 +27,16 @@ def tiny(request):
     return build(TINY_CONFIGS[request.param], "cpu")
 
 
-def test_the_default_sizes_match_the_main_model():
-    from mechlab.arithmetic.task import main_model_config
+def test_the_default_sizes_are_close_to_the_main_models():
     counts = {name: count_parameters(build(cfg, "cpu")) for name, cfg in
               {"main": main_model_config(), "lstm": LSTMConfig(), "encdec": EncDecConfig()}.items()}
     assert counts == {"main": 802_323, "lstm": 814_931, "encdec": 802_835}  # the counts the docstrings state
+
+
+@pytest.mark.parametrize("config", [main_model_config(), LSTMConfig(), EncDecConfig()], ids=["transformer", "lstm", "encdec"])
+def test_every_model_kind_refuses_a_vocabulary_of_another_size(config):
+    with pytest.raises(ValueError, match=f"d_vocab=5 but a vocabulary of {len(VOCAB)} tokens"):
+        build(dataclasses.replace(config, d_vocab=5), "cpu")
 
 
 def test_logits_have_the_main_models_shape(tiny, tiny_task):

@@ -26,17 +26,13 @@ import torch
 from torch import nn
 
 from mechlab.arithmetic.tokenizer import EQUALS_POS, N_ANSWER_TOKENS, VOCAB
-from mechlab.core.model import default_device, register_model_kind
+from mechlab.core.model import build_module, check_vocab, register_model_kind
 
 
-def _config_from_json(cls, obj: dict[str, Any]):
+def _config_from_json(cls: type, obj: dict[str, Any]) -> Any:
+    """`cls` (LSTMConfig or EncDecConfig) from its `to_json` dict: the "kind" tag dropped, the vocabulary a tuple."""
     obj = {k: v for k, v in obj.items() if k != "kind"}
     return cls(**obj | {"vocab": tuple(obj.get("vocab", ()))})
-
-
-def _check_vocab(cfg) -> None:
-    if cfg.vocab and len(cfg.vocab) != cfg.d_vocab:
-        raise ValueError(f"config has d_vocab={cfg.d_vocab} but a vocabulary of {len(cfg.vocab)} tokens")
 
 
 @dataclass(frozen=True)
@@ -174,20 +170,14 @@ class ArithmeticEncDec(nn.Module):
 
 def build_lstm(cfg: LSTMConfig, device: torch.device | str | None = None) -> ArithmeticLSTM:
     """A freshly initialised ArithmeticLSTM (deterministic given `cfg.seed`)."""
-    _check_vocab(cfg)
-    torch.manual_seed(cfg.seed)
-    model = ArithmeticLSTM(cfg).to(device or default_device())
-    model.mechlab_config = cfg
-    return model
+    check_vocab(cfg)
+    return build_module(ArithmeticLSTM, cfg, device)
 
 
 def build_encdec(cfg: EncDecConfig, device: torch.device | str | None = None) -> ArithmeticEncDec:
     """A freshly initialised ArithmeticEncDec (deterministic given `cfg.seed`)."""
-    _check_vocab(cfg)
-    torch.manual_seed(cfg.seed)
-    model = ArithmeticEncDec(cfg).to(device or default_device())
-    model.mechlab_config = cfg
-    return model
+    check_vocab(cfg)
+    return build_module(ArithmeticEncDec, cfg, device)
 
 
 register_model_kind("lstm", LSTMConfig, build_lstm)

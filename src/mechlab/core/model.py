@@ -61,10 +61,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> HookedTransformer:
-    """A freshly initialised `HookedTransformer` for `cfg` (deterministic given `cfg.seed`)."""
+def check_vocab(cfg: Any) -> None:
+    """Refuse a config (any kind with `vocab` and `d_vocab`) whose vocabulary does not have d_vocab tokens."""
     if cfg.vocab and len(cfg.vocab) != cfg.d_vocab:
         raise ValueError(f"config has d_vocab={cfg.d_vocab} but a vocabulary of {len(cfg.vocab)} tokens")
+
+
+def build_module(module_class: Callable[[Any], torch.nn.Module], cfg: Any,
+                 device: torch.device | str | None = None) -> torch.nn.Module:
+    """`module_class(cfg)` freshly initialised from torch's global generator seeded with `cfg.seed`
+    (deterministic given the seed), on `device`, carrying `cfg` as `mechlab_config` for
+    `save_checkpoint`: the builder of every model kind that is a plain torch module."""
+    torch.manual_seed(cfg.seed)
+    model = module_class(cfg).to(device or default_device())
+    model.mechlab_config = cfg
+    return model
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> HookedTransformer:
+    """A freshly initialised `HookedTransformer` for `cfg` (deterministic given `cfg.seed`)."""
+    check_vocab(cfg)
     tl_cfg = HookedTransformerConfig(
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,

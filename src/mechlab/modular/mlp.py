@@ -13,7 +13,7 @@ import torch
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from mechlab.core.model import default_device, register_model_kind
+from mechlab.core.model import build_module, register_model_kind
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,7 @@ class ModularMLP(HookedRootModule):
 
 def build_mlp(cfg: MLPConfig, device: torch.device | str | None = None) -> ModularMLP:
     """A freshly initialised ModularMLP (deterministic given `cfg.seed`)."""
-    torch.manual_seed(cfg.seed)
-    model = ModularMLP(cfg).to(device or default_device())
-    model.mechlab_config = cfg
-    return model
+    return build_module(ModularMLP, cfg, device)
 
 
 register_model_kind("modular_mlp", MLPConfig, build_mlp)
