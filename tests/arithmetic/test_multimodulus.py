@@ -6,13 +6,17 @@ from mechlab.arithmetic.data import Example, bucket_of
 from mechlab.arithmetic.multimodulus import (
     OTHER,
     answered_modulus,
+    exact_by_modulus,
+    held_out_answer_shares,
     is_general,
     modulus_effect,
     modulus_patching,
     modulus_positions,
+    patching_summary,
 )
 from mechlab.arithmetic.pairs import MODULUS_KIND, make_pairs
 from mechlab.arithmetic.roles import position_slots
+from mechlab.arithmetic.task import ArithmeticSplit
 from mechlab.arithmetic.tokenizer import VOCAB
 
 MODULI = (113, 101, 103, 107, 109, 131)  # three-digit moduli, so every pair keeps its layout
@@ -97,7 +101,45 @@ def test_answered_modulus_names_the_modulus_an_answer_is_right_for():
     assert answered_modulus(small, ["30"], candidates=(101, 89)) == ["97"]
 
 
+def test_patching_summary_reads_the_modulus_digits_the_top_heads_and_where_the_signal_sits():
+    resid = torch.zeros(2, 20)  # [n_layers, pos]
+    resid[0, modulus_positions(113)] = torch.tensor([0.1, 0.9, 0.3])  # layer 0: the modulus's tens digit
+    resid[1, 19] = 1.0  # layer 1: only the last position
+    heads = torch.tensor([[0.2, 0.7], [0.01, 0.4]])  # [n_layers, n_heads]
+    summary = patching_summary({"resid_pre": resid, "z_all_pos": heads}, top=2, min_restored=0.05)
+    assert summary["at_modulus_digits"] == pytest.approx(0.9)
+    assert [label for label, _ in summary["top_heads"]] == ["L0H1", "L1H1"]
+    assert summary["positions_by_layer"] == {0: modulus_positions(113), 1: [19]}
+
+
+def test_held_out_answer_shares_prefer_the_written_modulus_then_the_nearest_training_one():
+    rows = [{"a": 100, "b": 50, "m": 127}] * 4  # 150: mod 127 -> 23, mod 131 -> 19, mod 113 -> 37
+    shares = held_out_answer_shares(rows, ["23", "19", "19", "5"], train_moduli=(113, 131))
+    assert shares == {"mod 131": 0.5, "the written one": 0.25, "none": 0.25}
+    assert list(shares)[0] == "mod 131"  # largest share first
+
+
+def test_held_out_answer_shares_refuse_rows_of_several_moduli():
+    with pytest.raises(ValueError, match=r"one modulus, got \[97, 127\]"):
+        held_out_answer_shares([{"a": 1, "b": 2, "m": 97}, {"a": 1, "b": 2, "m": 127}], ["3", "3"], (113,))
+
+
+def test_exact_by_modulus_splits_each_set_by_its_written_modulus(arithmetic_oracle):
+    rows = [Example(a, b, m, bucket_of(a, b, m)).to_json() for m in (101, 127) for a in (150, 400, 999) for b in (7, 260)]
+    oracle = arithmetic_oracle(wrong=lambda a, b, m: m == 127 and a == 999)  # 2 of the 6 mod-127 rows wrong
+    found = exact_by_modulus(oracle, {"test": ArithmeticSplit.from_rows(rows)})
+    assert found == {101: 1.0, 127: pytest.approx(4 / 6)}
+
+
 def test_a_model_is_general_only_if_every_held_out_modulus_is_near_the_weakest_seen_one():
     seen = {89: 0.97, 101: 0.99, 113: 0.90}
     assert is_general(seen | {97: 0.85, 127: 0.95}, held_out=(97, 127))
+    assert is_general(seen | {97: 0.75, 127: 0.95}, held_out=(97, 127), margin=0.15)  # exactly at the margin
     assert not is_general(seen | {97: 0.05, 127: 0.95}, held_out=(97, 127))  # one held-out modulus fails
+
+
+def test_is_general_names_what_it_is_missing():
+    with pytest.raises(ValueError, match=r"missing: \[127\]"):
+        is_general({89: 0.97, 97: 0.5}, held_out=(97, 127))
+    with pytest.raises(ValueError, match="at least one training modulus"):
+        is_general({97: 0.5, 127: 0.4}, held_out=(97, 127))

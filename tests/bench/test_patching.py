@@ -3,7 +3,7 @@ import pytest
 
 from mechlab.analysis.patching import run_cache
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of
-from mechlab.arithmetic.pairs import LogitDiffMetric, make_pairs
+from mechlab.arithmetic.pairs import first_digit_metric, make_pairs
 from mechlab.bench.patching import best_time, time_against_tl
 
 
@@ -16,7 +16,7 @@ def test_best_time_keeps_the_fastest_run_and_the_last_result():
 def test_time_against_tl_reports_agreement(tiny_model, tiny_config):
     rows = [Example(a, b, MODULUS, bucket_of(a, b)).to_json() for a in (150, 234, 431) for b in (313, 640)]
     pairs = make_pairs(rows, "a", 2, seed=0)
-    metric = LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit)  # raw units
+    metric = first_digit_metric(pairs)  # raw units
     _, clean_cache = run_cache(tiny_model, pairs.clean_tokens)
     row = time_against_tl(tiny_model, pairs.corrupted_tokens, clean_cache, metric, "z_all_pos")
     assert set(row) == {"patches", "tl_seconds", "batched_seconds", "speedup", "max_abs_diff"}

@@ -21,7 +21,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mechlab.arithmetic.tokenizer import OPERATIONS, Problem, TokenizerError
 from mechlab.core.io import sha256_file, write_json_atomic, write_text_atomic
@@ -103,12 +103,14 @@ def make_splits(seed: int = SEED, sizes: dict[str, int] = SPLIT_SIZES) -> dict[s
     return splits
 
 
-def _sample_unique_pairs(rng: random.Random, lo: int, hi: int, n: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
+def sample_unique_pairs(rng: random.Random, lo: int, hi: int, n: int, exclude: set[tuple[int, int]],
+                        keep: Callable[[tuple[int, int]], bool] = lambda pair: True) -> list[tuple[int, int]]:
+    """`n` distinct (a, b) pairs drawn uniformly from lo..hi, none in `exclude`, each one `keep` accepts."""
     pairs: list[tuple[int, int]] = []
     seen = set(exclude)
     while len(pairs) < n:
         pair = (rng.randint(lo, hi), rng.randint(lo, hi))
-        if pair not in seen:
+        if pair not in seen and keep(pair):
             seen.add(pair)
             pairs.append(pair)
     return pairs
@@ -127,9 +129,9 @@ def make_ood_sets(used: set[tuple[int, int]], seed: int = SEED) -> dict[str, lis
     """
     rng = random.Random(seed + 1)
     sets: dict[str, list[Example]] = {}
-    sets["ood_4digit"] = [Example(a, b, MODULUS, "4digit") for a, b in _sample_unique_pairs(rng, 1000, 1999, OOD_SIZE, set())]
+    sets["ood_4digit"] = [Example(a, b, MODULUS, "4digit") for a, b in sample_unique_pairs(rng, 1000, 1999, OOD_SIZE, set())]
     for m in (97, 127):
-        pairs = _sample_unique_pairs(rng, 0, MAX_OPERAND, OOD_SIZE, set())
+        pairs = sample_unique_pairs(rng, 0, MAX_OPERAND, OOD_SIZE, set())
         sets[f"ood_mod{m}"] = [Example(a, b, m, bucket_of(a, b, m)) for a, b in pairs]
 
     edge = [Example(x, 0, MODULUS, "zero_4digit") for x in range(1000, 2000)]

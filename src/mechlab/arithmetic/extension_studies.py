@@ -12,8 +12,8 @@
 Every study trains with the main recipe (`TRAIN_CONFIG`, batch `BATCH_SIZE`), so its budget is the
 main model's: at most `BUDGET_EXAMPLES` = 28,000 steps x 128 = 3,584,000 examples (its stop rules may
 end it sooner, as they may the main run). The two in the main architecture run its steps compiled and
-in bfloat16 (`study.FAST_STEPS`, as the replication seeds do), which changes the minutes, not the budget. The budget is recorded in each export's study.json. The
-models hold 802,323 (main architecture), 814,931 (LSTM) and 802,835 (encoder-decoder) parameters.
+in bfloat16 (`study.FAST_STEPS`, as the replication seeds do), which changes the minutes, not the
+budget. The budget is recorded in each export's study.json. The models hold 802,323 (main architecture), 814,931 (LSTM) and 802,835 (encoder-decoder) parameters.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from mechlab.core.train import TrainConfig
 
 BUDGET_EXAMPLES = TRAIN_CONFIG.max_steps * BATCH_SIZE
 FAST_RECIPE = dataclasses.replace(TRAIN_CONFIG, **FAST_STEPS)  # the main recipe, compiled bfloat16 steps
-QUICK_STEPS = 20
+EXTENSION_QUICK_STEPS = 20  # a quick extension run (tests, quick notebooks): 20 steps, not core.studies.QUICK_STEPS
 MULTIMODULUS_DATA = Path("data/multimodulus")
 
 MULTITASK_BREAKDOWNS = ("bucket", "digits", "op")
@@ -119,8 +119,10 @@ def study_record(name: str, model_config: Any, note: str) -> Callable[[], dict]:
 
 def extension_study(name: str, model_config: Any, make: Callable[..., Any], evaluate: Callable[..., dict],
                     note: str, train_config: TrainConfig = TRAIN_CONFIG) -> Study:
+    """Register study `name`: `model_config` trained by `train_config` on the task `make` builds,
+    evaluated by `evaluate` into final_eval.json, exported to checkpoints/<name>/ with `note` in study.json."""
     return register_study(Study(name, model_config, train_config, make_task=make, evaluate=evaluate,
-                                export_dir=Path("checkpoints") / name, quick_steps=QUICK_STEPS,
+                                export_dir=Path("checkpoints") / name, quick_steps=EXTENSION_QUICK_STEPS,
                                 eval_file="final_eval.json", record=study_record(name, model_config, note)))
 
 

@@ -26,6 +26,7 @@ from mechlab.arithmetic.data import (
     Example,
     bucket_of,
     read_manifest,
+    sample_unique_pairs,
     verify_against_manifest,
     write_manifest,
     write_manifested,
@@ -102,13 +103,10 @@ def modulus_splits(m: int, sizes: dict[str, int], rng: random.Random) -> dict[st
             taken |= set(chosen)
             start += len(chosen)
     for name, n in sizes.items():
-        need = bucket_quota(n)["large_wrap"]
-        while need:
-            a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
-            if (a, b) not in taken and bucket_of(a, b, m) == "large_wrap":
-                taken.add((a, b))
-                splits[name].append(Example(a, b, m, "large_wrap"))
-                need -= 1
+        chosen = sample_unique_pairs(rng, 0, MAX_OPERAND, bucket_quota(n)["large_wrap"], taken,
+                                     keep=lambda pair: bucket_of(*pair, m) == "large_wrap")
+        taken |= set(chosen)
+        splits[name] += [Example(a, b, m, "large_wrap") for a, b in chosen]
     return splits
 
 

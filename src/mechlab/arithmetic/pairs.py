@@ -183,13 +183,19 @@ class ExactMatchMetric(PatchingMetric):
         return teacher_forced_exact(logits_at_positions, self.answers).float().mean(-1)
 
 
+def first_digit_metric(pairs: PatchingPairs) -> LogitDiffMetric:
+    """logit(clean first answer digit) - logit(corrupted first answer digit) at `=`, mean over the
+    pairs (raw until calibrated)."""
+    return LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit)
+
+
 @torch.no_grad()
 def make_metrics(model, pairs: PatchingPairs) -> dict[str, PatchingMetric]:
     """Both metrics, calibrated on this model's clean and corrupted runs of `pairs`."""
     clean_logits = model(pairs.clean_tokens.to(model.cfg.device)).cpu()
     corrupted_logits = model(pairs.corrupted_tokens.to(model.cfg.device)).cpu()
     metrics: dict[str, PatchingMetric] = {
-        "logit_diff": LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit),
+        "logit_diff": first_digit_metric(pairs),
         "exact": ExactMatchMetric(pairs.clean_answers),
     }
     out = {}

@@ -28,7 +28,7 @@ import torch
 
 from mechlab.analysis.patching import batched_patch, run_cache, tl_patch
 from mechlab.arithmetic.data import MODULUS, Example, bucket_of, read_jsonl
-from mechlab.arithmetic.pairs import ExactMatchMetric, LogitDiffMetric, make_pairs
+from mechlab.arithmetic.pairs import ExactMatchMetric, first_digit_metric, make_pairs
 from mechlab.arithmetic.task import main_model_config
 from mechlab.bench.training import machine_info
 from mechlab.core.io import write_json_atomic
@@ -42,8 +42,7 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def _metric(name: str, pairs, model):
-    metric = LogitDiffMetric(pairs.clean_first_digit, pairs.corrupted_first_digit) if name == "logit_diff" \
-        else ExactMatchMetric(pairs.clean_answers)
+    metric = first_digit_metric(pairs) if name == "logit_diff" else ExactMatchMetric(pairs.clean_answers)
     # Identity calibration: results (and the reported max abs diff) are in the metric's raw units
     # (logits for logit_diff), so the diff is not inflated by a tiny clean - corrupted gap of
     # random weights. Timing does not depend on the calibration.
