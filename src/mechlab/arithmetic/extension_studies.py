@@ -13,7 +13,8 @@ Every study trains with the main recipe (`TRAIN_CONFIG`, batch `BATCH_SIZE`), so
 main model's: at most `BUDGET_EXAMPLES` = 28,000 steps x 128 = 3,584,000 examples (its stop rules may
 end it sooner, as they may the main run). The two in the main architecture run its steps compiled and
 in bfloat16 (`study.FAST_STEPS`, as the replication seeds do), which changes the minutes, not the
-budget. The budget is recorded in each export's study.json. The models hold 802,323 (main architecture), 814,931 (LSTM) and 802,835 (encoder-decoder) parameters.
+budget. The budget is recorded in each export's study.json. The models hold 802,323 (main
+architecture), 814,931 (LSTM) and 802,835 (encoder-decoder) parameters.
 """
 from __future__ import annotations
 
