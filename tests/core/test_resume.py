@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import torch
 from mechlab.arithmetic.tokenizer import VOCAB
 from mechlab.core.io import CheckpointFileError, load_torch_dict
 from mechlab.core.model import ModelConfig, build_model
-from mechlab.core.train import TrainConfig, load_history, train
+from mechlab.core.train import RunInUseError, TrainConfig, load_history, train
 
 SMALL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_head=8, d_mlp=32, d_vocab=len(VOCAB), vocab=tuple(VOCAB))
 
@@ -171,3 +172,49 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_weights(tiny_task, referenc
     resumed, result = run(tiny_task, tmp_path)  # a fresh model: the weights come from disk
     assert result.steps == 12 and same_weights(resumed, reference[0])
     assert without_time(result.history) == without_time(reference[1])
+
+
+class SignalAtStep:
+    """`task`, sending this process signal `number` while it draws the batch of step `at`."""
+
+    def __init__(self, task, number: int, at: int):
+        self.task, self.number, self.at = task, number, at
+
+    def batch(self, step):
+        if step == self.at:
+            os.kill(os.getpid(), self.number)
+        return self.task.batch(step)
+
+    def loss(self, model, batch):
+        return self.task.loss(model, batch)
+
+    def evaluate(self, model):
+        return self.task.evaluate(model)
+
+
+@pytest.mark.parametrize("number, raised", [(signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_saves_the_step_it_stopped_at_and_the_run_resumes(tiny_task, reference, tmp_path, number, raised):
+    handler = signal.getsignal(number)
+    with pytest.raises(raised):  # as the signal would have ended the call, once the step is saved
+        run(SignalAtStep(tiny_task, number, at=5), tmp_path)  # checkpoints fall at 4 and 8
+    assert load_torch_dict(tmp_path / "last.pt")["step"] == 6  # the step under way finished, then saved
+    assert signal.getsignal(number) is handler  # training's own handler is gone
+    resumed, result = run(tiny_task, tmp_path)
+    assert result.steps == 12 and same_weights(resumed, reference[0])
+    assert without_time(result.history) == without_time(reference[1])
+
+
+def test_a_second_process_cannot_train_into_a_run_folder_in_use(tiny_task, tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path)], env=os.environ.copy())
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "step_000004.pt").exists():
+            assert process.poll() is None and time.time() < deadline, "the run ended before the test could join it"
+            time.sleep(0.05)
+        with pytest.raises(RunInUseError, match=rf"run directory .* is in use by another process \(pid {process.pid}\)"):
+            run(tiny_task, tmp_path)
+    finally:
+        process.kill()
+        process.wait()
+    _, result = run(tiny_task, tmp_path)  # the lock ended with its process: nothing stale is left behind
+    assert result.steps == 12

@@ -1,10 +1,16 @@
 """Sweeps: points of a grid x seeds, trained through a study's own train, resumable, with a results table."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from mechlab.core.io import load_torch_dict
+from mechlab.core.io import LockedError, exclusive_lock, load_torch_dict
 from mechlab.core.studies import get_study
 from mechlab.core.sweep import Sweep, SweepError, load_results, plot_sweep, points, run_point, run_sweep
 
@@ -139,6 +145,44 @@ def test_two_workers_give_the_rows_of_one(tmp_path):
         floats = [k for k, v in row_one.items() if isinstance(v, float) and k != "seconds"]
         assert without(row_two, "seconds", *floats) == without(row_one, "seconds", *floats)
         assert [row_two[k] for k in floats] == pytest.approx([row_one[k] for k in floats], rel=1e-6)
+
+
+ENDLESS_SWEEP = f"""
+import sys
+from pathlib import Path
+from mechlab.core.sweep import Sweep, run_sweep
+root = Path(sys.argv[1])
+sweep = Sweep("endless", "grokking_mlp", {MODULE!r}, grid={{"model.d_hidden": [16, 32]}},
+              recipe={{"max_steps": 10**9, "stop_metric": None, "checkpoint_every": 50}},
+              out_dir=root / "runs", results_path=root / "results.json")
+run_sweep(sweep, workers=2)
+"""
+
+
+def lock_is_free(path: Path) -> bool:
+    try:
+        with exclusive_lock(path, "run"):
+            return True
+    except LockedError:
+        return False
+
+
+@pytest.mark.slow  # spawns two workers, each importing torch and TransformerLens
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_the_workers_of_a_stopped_sweep_stop_too(tmp_path, stop):
+    sweep = subprocess.Popen([sys.executable, "-c", ENDLESS_SWEEP, str(tmp_path)], env=os.environ.copy())
+    locks = [tmp_path / "runs" / point / "train.lock" for point in ("d_hidden=16,seed=0", "d_hidden=32,seed=0")]
+    deadline = time.time() + 300
+    while not all(lock.with_name("last.pt").exists() for lock in locks):  # both workers are training
+        assert sweep.poll() is None and time.time() < deadline, "the sweep ended before it could be stopped"
+        time.sleep(0.1)
+    assert not any(lock_is_free(lock) for lock in locks)
+    sweep.send_signal(stop)  # the sweep process only: a worker must not outlive it
+    assert sweep.wait(timeout=120) != 0
+    deadline = time.time() + 60
+    while not all(lock_is_free(lock) for lock in locks):  # each worker has left its run folder
+        assert time.time() < deadline, "a worker of the stopped sweep is still training"
+        time.sleep(0.1)
 
 
 def test_a_sweep_on_ray_without_ray_says_how_to_install_it(tmp_path):

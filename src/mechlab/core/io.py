@@ -1,5 +1,6 @@
 """Atomic file writes, safe torch loading and hashing: a crash never leaves a half-written file behind,
-reading a checkpoint never runs code from it, and a damaged checkpoint is refused, not used.
+reading a checkpoint never runs code from it, and a damaged checkpoint is refused, not used; a folder
+that one process writes can be locked against a second writer (`exclusive_lock`).
 
 Every torch file written with `torch_save_atomic` has its sha256 recorded in `checksums.json` in the
 same folder (as data/manifest.json does for the data), and `load_torch_file` checks it. The record
@@ -14,8 +15,9 @@ import os
 import pickle
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -99,6 +101,39 @@ def move_file(source: Path, target: Path) -> None:
     _record_checksum(target, [moving] + ([old] if isinstance(old, str) and old != moving else []))
     os.replace(source, target)
     _record_checksum(target, moving)
+
+
+class LockedError(RuntimeError):
+    """Another live process holds the lock."""
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError) -> Iterator[None]:
+    """Hold an exclusive lock on file `path` (created if missing) while the block runs, or raise
+    `error` (a LockedError) naming `what` and the holder's pid. The lock is the operating system's (`flock`), so
+    it ends with the process that holds it however that process ends: a lock is never stale. Where
+    `fcntl` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            raise error(f"{what} is in use by another process (pid {holder}); wait for it to end or "
+                              f"stop it (kill -TERM {holder} saves its step) before starting another") from None
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def verify_checksum(path: Path) -> None:

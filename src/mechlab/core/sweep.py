@@ -24,7 +24,8 @@ Where things go:
 A quick sweep (`--quick`: each point a quick run) trains into runs/sweeps/<name>/quick/ and writes its
 table (and exports, under exports/) there, so it never overwrites the committed ones.
 
-Points run one after another in this process by default; `workers=N` runs N local processes, and
+Points run one after another in this process by default; `workers=N` runs N local processes (a worker
+whose sweep process ends, however it ends, stops too: it saves its step and exits), and
 `address=` runs each point as a Ray core task on that cluster (`pip install "mechlab[ray]"`; every
 node needs mechlab installed and the repository at the same path, e.g. one machine or a shared
 filesystem: a task runs in the driver's working directory and writes its run folder there).
@@ -35,11 +36,13 @@ import dataclasses
 import importlib
 import itertools
 import json
+import multiprocessing
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -260,21 +263,54 @@ def _completed_points(sweep: Sweep, todo: list[Point], address: str | None, work
         for point in todo:
             yield run_point(sweep, point)
     else:
-        threads = max(1, _cores() // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                                 initargs=(sweep.module, threads)) as pool:
-            for future in as_completed([pool.submit(run_point, sweep, point) for point in todo]):
-                yield future.result()
+        yield from _on_local_workers(sweep, todo, workers)
+
+
+def _on_local_workers(sweep: Sweep, todo: list[Point], workers: int) -> Iterator[dict]:
+    """The rows of `todo`'s points, run by `workers` spawned processes sharing the cores. If the
+    sweep stops early (Ctrl-C, an error, a closed generator), its workers are stopped with SIGTERM,
+    which saves the step each is at; if this process dies, each worker notices and does the same."""
+    threads = max(1, _cores() // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(sweep.module, threads, os.getpid()))
+    try:
+        for future in as_completed([pool.submit(_run_point_in_worker, sweep, point) for point in todo]):
+            yield future.result()
+    except BaseException:
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _start_worker(module: str, threads: int) -> None:
-    """A worker process: fill the study registry, share the cores."""
+def _start_worker(module: str, threads: int, parent: int | None = None) -> None:
+    """A worker process: fill the study registry, share the cores and, given the pid of the
+    process that started it, stop (SIGTERM to itself) when that process has gone."""
     importlib.import_module(module)
     torch.set_num_threads(threads)
+    if parent is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int, every_seconds: float = 1.0) -> None:
+    """Send this process SIGTERM once its parent is no longer `parent` (it died: the worker was re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(every_seconds)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_point_in_worker(sweep: Sweep, point: Point) -> dict[str, Any]:
+    """`run_point` in a worker process; a worker stopped by a signal exits (its step saved) instead of
+    going on to the next point, which the pool would otherwise hand it."""
+    try:
+        return run_point(sweep, point)
+    except (SystemExit, KeyboardInterrupt) as stop:
+        os._exit(stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130)
 
 
 def _run_point_on_ray(cwd: str, sweep: Sweep, point: Point) -> dict[str, Any]:

@@ -12,19 +12,29 @@ Run folder layout (`run_dir`):
     step_000500.pt ...  weights-only snapshots every `snapshot_every` steps (for emergence studies)
     metrics.json        one row per evaluation: step, lr, train_loss, task metrics, grad norms
     checksums.json      sha256 of every .pt file (see `mechlab.core.io`)
+    train.lock          held (an OS lock) by the process training into the folder
 All files are written atomically and checked on load, so an interrupted run resumes from its last
 checkpoint (a pause, `stop_after_steps`, saves the step it stops at) and reproduces the
 uninterrupted run exactly. `last.pt` holds the history, so `metrics.json` is rebuilt from it on
 resume and `load_history` reads it from there: the record always belongs to the saved weights.
 A run that has finished (its step budget spent or a stop rule fired) records why; training it again
 is a no-op that says so.
+
+While `train` runs, the run folder is locked (`train.lock`): a second process training into it is
+refused, since two writers would interleave their checkpoints. SIGTERM or SIGINT (Ctrl-C, a kernel
+interrupt) stops training after the current step and saves that step before the signal takes effect,
+so no step is lost and the same command resumes it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +45,8 @@ from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipyw
 from mechlab.core.io import (
     CheckpointFileError,
     ChecksumMismatchError,
+    LockedError,
+    exclusive_lock,
     load_torch_dict,
     move_file,
     torch_save_atomic,
@@ -44,6 +56,10 @@ from mechlab.core.io import (
 
 class InvalidRecipeError(ValueError):
     """A TrainConfig that cannot run; the message lists every field at fault."""
+
+
+class RunInUseError(LockedError):
+    """Another live process is training into the same run folder."""
 
 
 class RunMismatchError(ValueError):
@@ -191,29 +207,80 @@ def train(
     """Train `model` on `task` for `cfg.max_steps` steps (or until a stop rule fires).
 
     With `run_dir`, checkpoints go there and, if `resume` and `run_dir/last.pt` exists, training
-    continues from it. `stop_after_steps` ends this call early at that step without marking the
-    run finished (used to simulate an interruption in tests). Deterministic algorithms are on while
-    it runs: without them two runs of the same command drift apart on a multi-core CPU.
+    continues from it; another process training into `run_dir` at the same time raises RunInUseError.
+    `stop_after_steps` ends this call early at that step without marking the run finished (used to
+    simulate an interruption in tests). SIGTERM or SIGINT saves the current step, then ends the call
+    as the signal would have (SystemExit(143) or KeyboardInterrupt). Deterministic algorithms are on
+    while it runs: without them two runs of the same command drift apart on a multi-core CPU.
     """
+    if run_dir is not None:
+        run_dir = _make_run_dir(run_dir)
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: an op with no deterministic kernel still runs
     try:
-        return _train(model, task, cfg, run_dir, resume, progress, stop_after_steps)
+        with _run_lock(run_dir), StopRequests() as stop:
+            return _train(model, task, cfg, run_dir, resume, progress, stop_after_steps, stop)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+def _make_run_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _run_lock(run_dir: Path | None):
+    """The run folder's lock (nothing to lock without a run folder)."""
+    if run_dir is None:
+        return nullcontext()
+    return exclusive_lock(run_dir / "train.lock", f"run directory {run_dir}", RunInUseError)
+
+
+class StopRequests:
+    """While active (in the main thread), SIGTERM and SIGINT ask the training loop to stop after the
+    current step instead of ending the process between two checkpoints; the same signal sent twice
+    (Ctrl-C, Ctrl-C) interrupts at once. A signal the process ignores (SIGINT under nohup) stays ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested: signal.Signals | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _request(self, number: int, frame: Any) -> None:
+        if self.requested == number:
+            raise KeyboardInterrupt
+        self.requested = self.requested or signal.Signals(number)
+
+    def take_effect(self, where: str) -> None:
+        """End the call as the requested signal would have: SIGINT raises KeyboardInterrupt, SIGTERM exits 143."""
+        print(f"{where}: stopped by {self.requested.name}; the same command resumes it", file=sys.stderr, flush=True)
+        if self.requested == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + self.requested)
+
+
 def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
-           stop_after_steps: int | None) -> TrainResult:
+           stop_after_steps: int | None, stop: StopRequests) -> TrainResult:
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     state = {"step": 0, "history": [], "best": math.inf, "evals_since_best": 0, "hits": 0, "seconds": 0.0,
              "loss_sum": 0.0, "loss_count": 0, "finished": None}
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
         for leftover in run_dir.glob(".*.tmp"):  # from a write interrupted by a crash
             leftover.unlink()
         if resume and ((run_dir / "last.pt").exists() or (run_dir / "previous.pt").exists()):
@@ -237,7 +304,7 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
     start = time.perf_counter() - state["seconds"]
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
     while step < cfg.max_steps:
-        if stop_after_steps is not None and step >= stop_after_steps:
+        if (stop_after_steps is not None and step >= stop_after_steps) or stop.requested:
             stopped_because = "interrupted"
             break
         for group in optimizer.param_groups:
@@ -277,6 +344,8 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
     if run_dir is not None and stopped_because == "interrupted" and state["step"] != step:
         state.update(step=step, history=history, seconds=time.perf_counter() - start)  # a pause keeps every step
         _save_state(run_dir, model, optimizer, state, cfg, snapshot=False)
+    if stop.requested:
+        stop.take_effect(f"{run_dir or 'training'} at step {step}")
     return TrainResult(history=history, steps=step, seconds=time.perf_counter() - start, stopped_because=stopped_because)
 
 
