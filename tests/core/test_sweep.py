@@ -1,6 +1,7 @@
 """Sweeps: points of a grid x seeds, trained through a study's own train, resumable, with a results table."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,18 @@ def test_an_exporting_sweep_exports_each_point_once_beside_its_table(tmp_path):
     mtimes = [(path / "model.pt").stat().st_mtime_ns for path in exports]
     assert [row["status"] for row in run_sweep(sweep)] == ["skipped", "skipped"]
     assert [(path / "model.pt").stat().st_mtime_ns for path in exports] == mtimes  # not exported again
+
+
+def test_points_recorded_with_their_exports_are_not_retrained_without_their_runs(tmp_path):
+    sweep = tiny_sweep(tmp_path, export=True)
+    run_sweep(sweep)
+    table = sweep.table_path.read_text()
+    shutil.rmtree(sweep.run_root)  # a fresh clone: the table and the exports are committed, the runs are not
+    rows = run_sweep(sweep)
+    assert [row["status"] for row in rows] == ["recorded", "recorded"]
+    assert not sweep.run_root.exists() and sweep.table_path.read_text() == table
+    shutil.rmtree(sweep.export_root / rows[0]["id"])  # without its export, a point is trained again
+    assert [row["status"] for row in run_sweep(sweep)] == ["trained", "recorded"]
 
 
 def test_an_interrupted_point_resumes_to_the_uninterrupted_weights(tmp_path):

@@ -244,15 +244,29 @@ def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1) -> lis
     """Run every point of `sweep` (finished ones are skipped, interrupted ones resumed) and return
     their rows in point order. Local by default: in this process, or `workers` spawned processes
     (torch threads: the cores shared out); with `address`, as Ray core tasks on that cluster. The
-    results table is rewritten (atomically) after each finished point."""
-    todo = points(sweep)
+    results table is rewritten (atomically) after each finished point. A point recorded in the
+    table without a run folder (a fresh clone of committed results) is kept, not trained again."""
+    every = points(sweep)
     rows = previous_rows(sweep)
+    recorded = {p.id for p in every if is_recorded_without_run(sweep, p, rows)}
+    if recorded:
+        print(f"{len(recorded)} of {len(every)} points are recorded in {sweep.table_path} without a run folder: "
+              "kept, not trained again", flush=True)
+    todo = [p for p in every if p.id not in recorded]
     for done, row in enumerate(_completed_points(sweep, todo, address, workers), 1):
         rows[row["id"]] = row
         print(f"[{done}/{len(todo)}] {row['id']}: {row['status']} in {row['wall_seconds']:.1f} s "
               f"({row['steps']} steps, {row['stopped_because']})", flush=True)
-        write_results(sweep, [rows[p.id] for p in todo if p.id in rows])
-    return [rows[p.id] for p in todo]
+        write_results(sweep, [rows[p.id] for p in every if p.id in rows])
+    return [{**rows[p.id], "status": "recorded", "wall_seconds": 0.0} if p.id in recorded else rows[p.id]
+            for p in every]
+
+
+def is_recorded_without_run(sweep: Sweep, point: Point, rows: dict[str, dict]) -> bool:
+    """Whether `point` has a row in the results table (and, for an exporting sweep, its exported model)
+    but no run folder to resume, as in a fresh clone: it finished where the table was written."""
+    return (point.id in rows and not (sweep.run_root / point.id / "last.pt").exists()
+            and (not sweep.export or (sweep.export_root / point.id / "model.pt").exists()))
 
 
 def _completed_points(sweep: Sweep, todo: list[Point], address: str | None, workers: int) -> Iterator[dict]:
