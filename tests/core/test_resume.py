@@ -155,7 +155,8 @@ from conftest import make_tiny_task
 from test_resume import SMALL, SlowTask, recipe
 from mechlab.core.model import build_model
 from mechlab.core.train import train
-train(build_model(SMALL, device="cpu"), SlowTask(make_tiny_task()), recipe(), sys.argv[1], progress=False)
+seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 0.3
+train(build_model(SMALL, device="cpu"), SlowTask(make_tiny_task(), seconds), recipe(), sys.argv[1], progress=False)
 """
 
 
@@ -192,8 +193,19 @@ class SignalAtStep:
         return self.task.evaluate(model)
 
 
+@pytest.fixture
+def default_signal_handlers():
+    """Python's own SIGINT and SIGTERM handling, even where the test run inherited SIGINT as ignored."""
+    previous = {n: signal.signal(n, h) for n, h in [(signal.SIGINT, signal.default_int_handler),
+                                                    (signal.SIGTERM, signal.SIG_DFL)]}
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
 @pytest.mark.parametrize("number, raised", [(signal.SIGTERM, SystemExit), (signal.SIGINT, KeyboardInterrupt)])
-def test_a_signal_saves_the_step_it_stopped_at_and_the_run_resumes(tiny_task, reference, tmp_path, number, raised):
+def test_a_signal_saves_the_step_it_stopped_at_and_the_run_resumes(tiny_task, reference, tmp_path,
+                                                                   default_signal_handlers, number, raised):
     handler = signal.getsignal(number)
     with pytest.raises(raised):  # as the signal would have ended the call, once the step is saved
         run(SignalAtStep(tiny_task, number, at=5), tmp_path)  # checkpoints fall at 4 and 8
@@ -204,14 +216,23 @@ def test_a_signal_saves_the_step_it_stopped_at_and_the_run_resumes(tiny_task, re
     assert without_time(result.history) == without_time(reference[1])
 
 
+def test_an_ignored_signal_stays_ignored(tiny_task, reference, tmp_path, default_signal_handlers):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a script's background job
+    model, result = run(SignalAtStep(tiny_task, signal.SIGINT, at=5), tmp_path)
+    assert result.steps == 12 and same_weights(model, reference[0])
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_a_second_process_cannot_train_into_a_run_folder_in_use(tiny_task, tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path)], env=os.environ.copy())
+    slow = "3.0"  # seconds a step: the first process is still training when the second one starts
+    process = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path), slow], env=os.environ.copy())
     try:
         deadline = time.time() + 300
-        while not (tmp_path / "step_000004.pt").exists():
+        while not (tmp_path / "train_config.json").exists():  # written once the run folder is locked
             assert process.poll() is None and time.time() < deadline, "the run ended before the test could join it"
             time.sleep(0.05)
-        with pytest.raises(RunInUseError, match=rf"run directory .* is in use by another process \(pid {process.pid}\)"):
+        in_use = rf"run directory .* is in use by another process \(pid {process.pid}\)"
+        with pytest.raises(RunInUseError, match=in_use):
             run(tiny_task, tmp_path)
     finally:
         process.kill()

@@ -1,6 +1,7 @@
 """Sweeps: points of a grid x seeds, trained through a study's own train, resumable, with a results table."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,16 @@ import torch
 
 from mechlab.core.io import LockedError, exclusive_lock, load_torch_dict
 from mechlab.core.studies import get_study
-from mechlab.core.sweep import Sweep, SweepError, load_results, plot_sweep, points, run_point, run_sweep
+from mechlab.core.sweep import (
+    Sweep,
+    SweepError,
+    load_results,
+    plot_sweep,
+    points,
+    run_point,
+    run_sweep,
+    write_results,
+)
 
 MODULE = "mechlab.modular.sweeps"  # registers the modular studies
 
@@ -109,6 +119,16 @@ def test_points_recorded_with_their_exports_are_not_retrained_without_their_runs
     assert [row["status"] for row in run_sweep(sweep)] == ["trained", "recorded"]
 
 
+def test_without_exports_a_recorded_point_is_kept_until_its_step_budget_grows(tmp_path):
+    sweep = tiny_sweep(tmp_path)
+    run_sweep(sweep)
+    shutil.rmtree(sweep.run_root)
+    assert [row["status"] for row in run_sweep(sweep)] == ["recorded", "recorded"]
+    rows = load_results(sweep.table_path)
+    write_results(sweep, [{**rows[0], "steps": 5}, rows[1]])  # as if recorded when the budget was 5 steps
+    assert [row["status"] for row in run_sweep(sweep)] == ["trained", "recorded"]
+
+
 def test_an_interrupted_point_resumes_to_the_uninterrupted_weights(tmp_path):
     """grokking_mlp_seed trains in minibatches, so the resumed run must also see the same batches."""
     interrupted = tiny_sweep(tmp_path / "a", "grokking_mlp_seed", grid={})
@@ -161,9 +181,10 @@ def test_two_workers_give_the_rows_of_one(tmp_path):
 
 
 ENDLESS_SWEEP = f"""
-import sys
+import signal, sys
 from pathlib import Path
 from mechlab.core.sweep import Sweep, run_sweep
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test run inherited it ignored
 root = Path(sys.argv[1])
 sweep = Sweep("endless", "grokking_mlp", {MODULE!r}, grid={{"model.d_hidden": [16, 32]}},
               recipe={{"max_steps": 10**9, "stop_metric": None, "checkpoint_every": 50}},
@@ -181,21 +202,28 @@ def lock_is_free(path: Path) -> bool:
 
 
 @pytest.mark.slow  # spawns two workers, each importing torch and TransformerLens
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_the_workers_of_a_stopped_sweep_stop_too(tmp_path, stop):
-    sweep = subprocess.Popen([sys.executable, "-c", ENDLESS_SWEEP, str(tmp_path)], env=os.environ.copy())
-    locks = [tmp_path / "runs" / point / "train.lock" for point in ("d_hidden=16,seed=0", "d_hidden=32,seed=0")]
-    deadline = time.time() + 300
-    while not all(lock.with_name("last.pt").exists() for lock in locks):  # both workers are training
-        assert sweep.poll() is None and time.time() < deadline, "the sweep ended before it could be stopped"
-        time.sleep(0.1)
-    assert not any(lock_is_free(lock) for lock in locks)
-    sweep.send_signal(stop)  # the sweep process only: a worker must not outlive it
-    assert sweep.wait(timeout=120) != 0
-    deadline = time.time() + 60
-    while not all(lock_is_free(lock) for lock in locks):  # each worker has left its run folder
-        assert time.time() < deadline, "a worker of the stopped sweep is still training"
-        time.sleep(0.1)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_the_workers_of_a_stopped_sweep_save_their_steps_and_stop_too(tmp_path, stop):
+    sweep = subprocess.Popen([sys.executable, "-c", ENDLESS_SWEEP, str(tmp_path)], env=os.environ.copy(),
+                             stderr=subprocess.PIPE, text=True)
+    runs = [tmp_path / "runs" / point for point in ("d_hidden=16,seed=0", "d_hidden=32,seed=0")]
+    try:
+        deadline = time.time() + 300
+        while not all((run / "last.pt").exists() for run in runs):  # both workers are training
+            assert sweep.poll() is None and time.time() < deadline, "the sweep ended before it could be stopped"
+            time.sleep(0.1)
+        assert not any(lock_is_free(run / "train.lock") for run in runs)
+        sweep.send_signal(getattr(signal, stop))  # the sweep process only: no worker may outlive it
+        _, errors = sweep.communicate(timeout=120)  # to the end of stderr, which the workers share
+    finally:
+        sweep.kill()
+    assert sweep.returncode != 0
+    saved = re.findall(r"(\S+): stopped at step (\d+), saved; .*\(stopped by SIGTERM\)", errors)
+    assert sorted(Path(run).name for run, _ in saved) == [run.name for run in runs], errors
+    for run, step in saved:  # each worker saved the step it was at, and left its run folder
+        assert load_torch_dict(Path(run) / "last.pt")["step"] == int(step)
+        assert lock_is_free(Path(run) / "train.lock")
 
 
 def test_a_sweep_on_ray_without_ray_says_how_to_install_it(tmp_path):

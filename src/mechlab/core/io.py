@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -110,30 +111,37 @@ class LockedError(RuntimeError):
 @contextmanager
 def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError) -> Iterator[None]:
     """Hold an exclusive lock on file `path` (created if missing) while the block runs, or raise
-    `error` (a LockedError) naming `what` and the holder's pid. The lock is the operating system's (`flock`), so
-    it ends with the process that holds it however that process ends: a lock is never stale. Where
-    `fcntl` is missing (Windows) nothing is locked."""
+    `error` (a LockedError) naming `what` and the holder's pid. The lock is the operating system's
+    (`flock`), so it ends with the process that holds it however that process ends: a lock is never
+    stale. Where there is no `flock` (Windows, some network filesystems, a read-only folder) the
+    block runs unlocked, with a warning."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(path, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "unknown"
-            raise error(f"{what} is in use by another process (pid {holder}); wait for it to end or "
-                              f"stop it (kill -TERM {holder} saves its step) before starting another") from None
+    file = None
+    try:
+        file = open(path, "a+")
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise error(f"{what} is in use by another process (pid {holder}); wait for it to end or "
+                    f"stop it (kill -TERM {holder} saves its step) before starting another") from None
+    except OSError as problem:  # no flock here: go on unlocked rather than refuse to work
+        if file is not None:
+            file.close()
+        warnings.warn(f"{what} cannot be locked ({problem}); a second process could write into it", stacklevel=3)
+        yield
+        return
+    with file:
         file.seek(0)
         file.truncate()
         file.write(str(os.getpid()))
         file.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+        yield  # the lock is released when the file is closed
 
 
 def verify_checksum(path: Path) -> None:

@@ -39,9 +39,11 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -253,19 +255,24 @@ def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1) -> lis
         print(f"{len(recorded)} of {len(every)} points are recorded in {sweep.table_path} without a run folder: "
               "kept, not trained again", flush=True)
     todo = [p for p in every if p.id not in recorded]
-    for done, row in enumerate(_completed_points(sweep, todo, address, workers), 1):
-        rows[row["id"]] = row
-        print(f"[{done}/{len(todo)}] {row['id']}: {row['status']} in {row['wall_seconds']:.1f} s "
-              f"({row['steps']} steps, {row['stopped_because']})", flush=True)
-        write_results(sweep, [rows[p.id] for p in every if p.id in rows])
+    with closing(_completed_points(sweep, todo, address, workers)) as completed:  # closed at once if stopped
+        for done, row in enumerate(completed, 1):
+            rows[row["id"]] = row
+            print(f"[{done}/{len(todo)}] {row['id']}: {row['status']} in {row['wall_seconds']:.1f} s "
+                  f"({row['steps']} steps, {row['stopped_because']})", flush=True)
+            write_results(sweep, [rows[p.id] for p in every if p.id in rows])
     return [{**rows[p.id], "status": "recorded", "wall_seconds": 0.0} if p.id in recorded else rows[p.id]
             for p in every]
 
 
 def is_recorded_without_run(sweep: Sweep, point: Point, rows: dict[str, dict]) -> bool:
     """Whether `point` has a row in the results table (and, for an exporting sweep, its exported model)
-    but no run folder to resume, as in a fresh clone: it finished where the table was written."""
-    return (point.id in rows and not (sweep.run_root / point.id / "last.pt").exists()
+    but no run folder to resume, as in a fresh clone: it finished where the table was written. A row
+    that spent a smaller step budget than the point's recipe now has is not finished (as in `train`)."""
+    row = rows.get(point.id)
+    run_dir = sweep.run_root / point.id
+    return (row is not None and not any((run_dir / name).exists() for name in ("last.pt", "previous.pt"))
+            and not (row["stopped_because"] == "max_steps" and row["steps"] < point.train_config.max_steps)
             and (not sweep.export or (sweep.export_root / point.id / "model.pt").exists()))
 
 
@@ -282,48 +289,81 @@ def _completed_points(sweep: Sweep, todo: list[Point], address: str | None, work
 
 def _on_local_workers(sweep: Sweep, todo: list[Point], workers: int) -> Iterator[dict]:
     """The rows of `todo`'s points, run by `workers` spawned processes sharing the cores. If the
-    sweep stops early (Ctrl-C, an error, a closed generator), its workers are stopped with SIGTERM,
-    which saves the step each is at; if this process dies, each worker notices and does the same."""
+    sweep stops early (Ctrl-C, SIGTERM, an error), it stops its workers with SIGTERM, which saves the
+    step each is at; if this process dies without doing so (SIGKILL), each worker notices and stops itself."""
     threads = max(1, _cores() // workers)
+    others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(sweep.module, threads, os.getpid()))
     try:
-        for future in as_completed([pool.submit(_run_point_in_worker, sweep, point) for point in todo]):
-            yield future.result()
+        with _sigterm_raises():
+            futures = [pool.submit(_run_point_in_worker, sweep, point, os.getpid()) for point in todo]
+            for future in as_completed(futures):
+                yield future.result()
     except BaseException:
-        for worker in multiprocessing.active_children():
+        for worker in set(multiprocessing.active_children()) - others:  # this pool's workers
             worker.terminate()
         raise
     finally:
         pool.shutdown(cancel_futures=True)
 
 
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs in the main thread, SIGTERM raises SystemExit(143) there, so a sweep told
+    to end goes through its clean-up (stopping its workers) instead of vanishing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(number: int, frame: Any) -> None:
+    raise SystemExit(128 + number)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _start_worker(module: str, threads: int, parent: int | None = None) -> None:
-    """A worker process: fill the study registry, share the cores and, given the pid of the
-    process that started it, stop (SIGTERM to itself) when that process has gone."""
+def _start_worker(module: str, threads: int, sweep_pid: int | None = None) -> None:
+    """A worker process: fill the study registry, share the cores and, given the pid of the sweep
+    process that started it, stop (SIGTERM to itself) once that process has gone."""
     importlib.import_module(module)
     torch.set_num_threads(threads)
-    if parent is not None:
-        threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True).start()
+    if sweep_pid is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(sweep_pid,), daemon=True).start()
 
 
-def _stop_when_orphaned(parent: int, every_seconds: float = 1.0) -> None:
-    """Send this process SIGTERM once its parent is no longer `parent` (it died: the worker was re-parented)."""
-    while os.getppid() == parent:
+def _is_orphaned(sweep_pid: int) -> bool:
+    """Whether the sweep process `sweep_pid` that started this worker has gone (the worker was re-parented).
+    (POSIX: on Windows a process keeps its parent's pid, so a worker there is never seen orphaned.)"""
+    return os.getppid() != sweep_pid
+
+
+def _stop_when_orphaned(sweep_pid: int, every_seconds: float = 1.0) -> None:
+    """Send this process SIGTERM, every `every_seconds` (training takes the first, saves and ends),
+    once the sweep process has gone."""
+    while True:
+        if _is_orphaned(sweep_pid):
+            os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(every_seconds)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_point_in_worker(sweep: Sweep, point: Point) -> dict[str, Any]:
-    """`run_point` in a worker process; a worker stopped by a signal exits (its step saved) instead of
-    going on to the next point, which the pool would otherwise hand it."""
+def _run_point_in_worker(sweep: Sweep, point: Point, sweep_pid: int) -> dict[str, Any]:
+    """`run_point` in a worker process. A worker whose sweep has gone, or that a signal stopped, exits
+    (its step saved) instead of going on to a point the pool has already queued for it."""
     try:
+        if _is_orphaned(sweep_pid):
+            raise SystemExit(128 + signal.SIGTERM)
         return run_point(sweep, point)
     except (SystemExit, KeyboardInterrupt) as stop:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130)
 
 

@@ -34,10 +34,10 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 from tqdm import tqdm  # the text bar: tqdm.auto warns in notebooks without ipywidgets (they train with progress=False)
@@ -219,12 +219,17 @@ def train(
     torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: an op with no deterministic kernel still runs
     try:
         with _run_lock(run_dir), StopRequests() as stop:
-            return _train(model, task, cfg, run_dir, resume, progress, stop_after_steps, stop)
+            result = _train(model, task, cfg, run_dir, resume, progress, stop_after_steps, stop)
+            if stop.requested:  # checked on every way out, so no signal is swallowed
+                stop.take_effect(f"{run_dir}: stopped at step {result.steps}, saved; the same command resumes it"
+                                 if run_dir is not None else f"training stopped at step {result.steps} (no run folder)")
+            return result
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _make_run_dir(run_dir: Path) -> Path:
+    """`run_dir` as a Path, created if missing; a file of that name is refused."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"run directory {run_dir} is a file, not a folder")
@@ -232,7 +237,7 @@ def _make_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _run_lock(run_dir: Path | None):
+def _run_lock(run_dir: Path | None) -> AbstractContextManager:
     """The run folder's lock (nothing to lock without a run folder)."""
     if run_dir is None:
         return nullcontext()
@@ -241,8 +246,9 @@ def _run_lock(run_dir: Path | None):
 
 class StopRequests:
     """While active (in the main thread), SIGTERM and SIGINT ask the training loop to stop after the
-    current step instead of ending the process between two checkpoints; the same signal sent twice
-    (Ctrl-C, Ctrl-C) interrupts at once. A signal the process ignores (SIGINT under nohup) stays ignored."""
+    current step instead of ending the process between two checkpoints. A second Ctrl-C (SIGINT)
+    interrupts at once; a repeated SIGTERM changes nothing. A signal the process ignores (SIGINT in
+    a background job of a script) stays ignored, and a handler set outside Python is left alone."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -252,26 +258,43 @@ class StopRequests:
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
-            for number in self.SIGNALS:
-                if signal.getsignal(number) is not signal.SIG_IGN:
-                    self._previous[number] = signal.signal(number, self._request)
+            with _signals_blocked(self.SIGNALS):  # a signal between two installs would leave one behind
+                for number in self.SIGNALS:
+                    handler = signal.getsignal(number)
+                    if handler is not None and handler is not signal.SIG_IGN:
+                        self._previous[number] = signal.signal(number, self._request)
         return self
 
     def __exit__(self, *exc) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
+        with _signals_blocked(self.SIGNALS):
+            for number, handler in self._previous.items():
+                signal.signal(number, handler)
 
     def _request(self, number: int, frame: Any) -> None:
-        if self.requested == number:
+        if number == signal.SIGINT and self.requested == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = self.requested or signal.Signals(number)
 
-    def take_effect(self, where: str) -> None:
-        """End the call as the requested signal would have: SIGINT raises KeyboardInterrupt, SIGTERM exits 143."""
-        print(f"{where}: stopped by {self.requested.name}; the same command resumes it", file=sys.stderr, flush=True)
+    def take_effect(self, message: str) -> None:
+        """End the call as the requested signal would have: SIGINT raises KeyboardInterrupt, SIGTERM
+        SystemExit(143) (which, in a notebook, ends the cell rather than the kernel)."""
+        print(f"{message} (stopped by {self.requested.name})", file=sys.stderr, flush=True)
         if self.requested == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + self.requested)
+
+
+@contextmanager
+def _signals_blocked(numbers: tuple[int, ...]) -> Iterator[None]:
+    """Hold `numbers` back while the block runs (delivered after it); nothing where the OS cannot."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path | None, resume: bool, progress: bool,
@@ -344,8 +367,6 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
     if run_dir is not None and stopped_because == "interrupted" and state["step"] != step:
         state.update(step=step, history=history, seconds=time.perf_counter() - start)  # a pause keeps every step
         _save_state(run_dir, model, optimizer, state, cfg, snapshot=False)
-    if stop.requested:
-        stop.take_effect(f"{run_dir or 'training'} at step {step}")
     return TrainResult(history=history, steps=step, seconds=time.perf_counter() - start, stopped_because=stopped_because)
 
 
