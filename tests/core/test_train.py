@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -218,6 +219,18 @@ def test_bfloat16_steps_train_a_float32_model_close_to_the_float32_run(tiny_task
     drift = max((p - q).abs().max().item() for p, q in zip(full.parameters(), half.parameters()))
     assert 0 < drift < 0.05  # not the same run, but the same trajectory
     assert result.history[-1]["val_loss"] == pytest.approx(train_loss_of(full, tiny_task), rel=0.1)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_it_warns_that_float32_is_faster(tiny_task, monkeypatch, native):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(build_model(TINY, device="cpu"), tiny_task, tiny_train_config(precision="bfloat16", max_steps=1),
+              progress=False)
+    slow = [w for w in caught if "precision='float32' is faster here" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
 
 
 def train_loss_of(model: torch.nn.Module, task) -> float:

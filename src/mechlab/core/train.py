@@ -34,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,10 @@ def _train(model: torch.nn.Module, task: Task, cfg: TrainConfig, run_dir: Path |
     model.train()
     step_loss = torch.compile(task.loss) if cfg.compile else task.loss
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+    if cfg.precision == "bfloat16" and not has_native_bfloat16(device):
+        warnings.warn("bfloat16 autocast on a CPU without native bfloat16 (no AVX512-BF16 or AMX) is emulated: a "
+                      "step of the main model ran 19x slower than float32 on such a CPU (figures/"
+                      "bench_training_avx2.json); precision='float32' is faster here", stacklevel=3)
     # The running loss stays on the device (float64, summed in the same order as a resumed run would):
     # reading it every step would make the host wait for the device at every step.
     state["loss_sum"] = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)
@@ -375,6 +380,15 @@ def _is_finished(state: dict, cfg: TrainConfig) -> bool:
     if state["finished"] is None:
         return False
     return not (state["finished"] == "max_steps" and cfg.max_steps > state["step"])
+
+
+def has_native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matmuls natively: a GPU, or a CPU with AVX512-BF16 or AMX (as
+    torch's CPU feature checks report them; where torch cannot tell, assumed so)."""
+    if device.type != "cpu":
+        return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None) or all(check is None for check in checks)
 
 
 def _stop_rule(cfg: TrainConfig, row: dict[str, float], state: dict) -> str:
