@@ -88,8 +88,10 @@ def test_an_export_of_another_point_is_refused(tmp_path, generated_data):
 
 def test_grid_table_joins_the_sweeps_that_have_results_and_skips_the_rest(tmp_path, generated_data):
     data_dir, _ = generated_data
-    write_json_atomic(tmp_path / "grid.json", {"rows": [row(2, 8, 9_000)]})
-    write_json_atomic(tmp_path / "widths.json", {"rows": [row(2, 8, 3_000, d_model=32)]})
+    bfloat16 = {"recipe": {"precision": "bfloat16"}}
+    write_json_atomic(tmp_path / "grid.json", {"sweep": bfloat16, "rows": [row(2, 8, 9_000)]})
+    write_json_atomic(tmp_path / "widths.json", {"sweep": {"recipe": {}}, "rows": [row(2, 8, 3_000, d_model=32)]})
     table = grid_table(("grid", "widths", "not_run_yet"), tmp_path, data_dir, limit=50)
     assert list(table["d_model"]) == [32, 128]
+    assert list(table["sweep"]) == ["widths", "grid"] and list(table["precision"]) == ["float32", "bfloat16"]
     assert grid_table(("not_run_yet",), tmp_path, data_dir, limit=50).empty

@@ -1,4 +1,4 @@
-"""The minimal-model grid (sweeps `main_minimal` and `main_widths`, issue 14): how small a
+"""The minimal-model grid (sweeps `main_minimal`, `main_minimal_1layer_fp32` and `main_widths`, issue 14): how small a
 main-architecture model can be and still learn `a + b mod 113`, and the design document's claims
 about it judged on the points trained so far.
 
@@ -9,14 +9,15 @@ about it judged on the points trained so far.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from mechlab.arithmetic.replication import layout_weakness
+from mechlab.arithmetic.study import TRAIN_CONFIG
 from mechlab.arithmetic.task import ArithmeticSplit, evaluate_split, main_model_config
 from mechlab.core.model import ModelConfig, load_checkpoint
-from mechlab.core.sweep import load_results
 from mechlab.core.train import load_history
 
 TARGETS = (0.95, 0.99)  # the design document asks for 95%; the main model is held to 99%
@@ -64,10 +65,19 @@ def minimal_table(results: list[dict], exports_dir: Path, data_dir: Path, limit:
 
 def grid_table(names: tuple[str, ...], sweeps_dir: Path, data_dir: Path, limit: int | None = None) -> pd.DataFrame:
     """`minimal_table` of every sweep in `names` whose results table `sweeps_dir/<name>.json` exists
-    (its exports in `sweeps_dir/<name>/`), in one frame sorted by parameter count."""
-    tables = [minimal_table(load_results(path), Path(sweeps_dir) / name, data_dir, limit)
-              for name in names if (path := Path(sweeps_dir) / f"{name}.json").exists()]
-    return pd.concat(tables).sort_values("parameters") if tables else minimal_table([], sweeps_dir, data_dir, limit)
+    (its exports in `sweeps_dir/<name>/`), in one frame sorted by parameter count, with each point's
+    sweep and the precision its steps ran in (the sweep's recipe over the main recipe's)."""
+    tables = []
+    for name in names:
+        path = Path(sweeps_dir) / f"{name}.json"
+        if path.exists():
+            results = json.loads(path.read_text())
+            precision = results["sweep"]["recipe"].get("precision", TRAIN_CONFIG.precision)
+            tables.append(minimal_table(results["rows"], Path(sweeps_dir) / name, data_dir, limit)
+                          .assign(sweep=name, precision=precision))
+    if not tables:
+        return minimal_table([], sweeps_dir, data_dir, limit).assign(sweep=None, precision=None)
+    return pd.concat(tables).sort_values("parameters")
 
 
 def smallest_reaching(table: pd.DataFrame, target: float) -> pd.Series | None:
