@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from mechlab.bench.training import time_to_target, training_throughput
+from mechlab.bench.training import examples_within, time_to_target, training_throughput
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -22,3 +22,13 @@ def test_time_to_target_reads_the_first_row_past_the_target(tmp_path):
     assert time_to_target(record) == {"reached": True, "step": 1000, "minutes": 2.5, "val_exact": 0.992}
     assert time_to_target(record, target=0.999)["reached"] is False
     assert time_to_target(tmp_path / "missing.json")["reached"] is False
+
+
+def test_examples_within_a_budget_come_from_the_fastest_step_timed():
+    bench = {"training": {"eager float32": {"batch_size": 128, "examples_per_s": 500.0},
+                          "compiled bfloat16": {"batch_size": 128, "examples_per_s": 30.0}},
+             "by_batch_size": [{"batch_size": 512, "examples_per_s": 700.0}]}
+    assert examples_within(bench, minutes=30) == {"way": "compiled bfloat16", "batch_size": 512,
+                                                  "examples_per_s": 700.0, "examples": 700.0 * 1800}
+    del bench["by_batch_size"]  # (a benchmark run with no batch sizes)
+    assert examples_within(bench, minutes=1)["way"] == "eager float32"

@@ -107,6 +107,17 @@ def training_throughput(device: torch.device, steps: int, batch_size: int, compi
             "parameters": n_params, "batch_size": batch_size, "compile": compile, "precision": precision}
 
 
+def examples_within(bench: dict, minutes: float) -> dict:
+    """The most training examples one of the steps timed in `bench` (a bench_training.json) gets
+    through in `minutes`, at its bare step rate (no evaluations, checkpoints or compilation): the
+    step's way, batch size, examples per second and examples."""
+    timed = [{**row, "way": way} for way, row in bench["training"].items()]
+    timed += [{**row, "way": FASTEST} for row in bench.get("by_batch_size", [])]
+    fastest = max(timed, key=lambda row: row["examples_per_s"])
+    return {"way": fastest["way"], "batch_size": fastest["batch_size"], "examples_per_s": fastest["examples_per_s"],
+            "examples": fastest["examples_per_s"] * minutes * 60}
+
+
 def time_to_target(metrics_path: Path, metric: str = "val_exact", target: float = 0.99) -> dict:
     """Steps and wall seconds until `metric` first reached `target` in a training record."""
     if not metrics_path.exists():
