@@ -1,9 +1,10 @@
 """The main study's sweeps: the replication sweep changes the seed only, the minimal-model grid holds
-the main model itself, and the widths sweep narrows only the residual stream."""
+the main model itself, its 1-layer points also run in float32, and the widths sweep narrows only the
+residual stream."""
 import dataclasses
 
 from mechlab.arithmetic.study import MAIN, TRAIN_CONFIG
-from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_SEEDS, MAIN_WIDTHS
+from mechlab.arithmetic.sweeps import MAIN_MINIMAL, MAIN_MINIMAL_1LAYER_FP32, MAIN_SEEDS, MAIN_WIDTHS
 from mechlab.core.sweep import points
 
 
@@ -30,4 +31,13 @@ def test_main_widths_narrows_the_residual_stream_of_the_two_layer_point_only():
     two_layers = {p.id: p for p in points(MAIN_MINIMAL)}["n_layers=2,n_heads=8,seed=0"]
     for point, width in zip(found, (64, 32)):
         assert point.model_config == dataclasses.replace(two_layers.model_config, d_model=width)
-        assert point.train_config == two_layers.train_config
+        assert point.train_config == dataclasses.replace(two_layers.train_config, precision="float32")
+
+
+def test_the_float32_one_layer_sweep_is_main_minimals_one_layer_points_in_float32():
+    one_layer = {p.id: p for p in points(MAIN_MINIMAL) if p.model_config.n_layers == 1}
+    found = points(MAIN_MINIMAL_1LAYER_FP32)
+    assert [p.id for p in found] == list(one_layer) == [f"n_layers=1,n_heads={h},seed=0" for h in (8, 4, 2, 1)]
+    for point in found:
+        assert point.model_config == one_layer[point.id].model_config
+        assert point.train_config == dataclasses.replace(one_layer[point.id].train_config, precision="float32")

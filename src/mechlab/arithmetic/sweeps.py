@@ -2,7 +2,7 @@
 
     main_seeds     the main recipe at seeds 1, 2, 3, in compiled bfloat16: does the result replicate beyond seed 0?
     main_minimal   layers x heads at seed 0, in compiled bfloat16: the smallest model that still learns the task
-    main_widths    residual stream widths 64 and 32 at two layers of 8 heads: how narrow it can be
+    main_widths    residual stream widths 64 and 32 at two layers of 8 heads, compiled float32: how narrow it can be
     main_minimal_1layer_fp32   main_minimal's 1-layer points in compiled float32, for CPUs without native bfloat16
 
 All of them export every finished point to checkpoints/sweeps/<name>/<point id>/ (model.pt, metrics.json), where
@@ -24,10 +24,11 @@ MAIN_MINIMAL = register_sweep(Sweep("main_minimal", "main", __name__,
 # The widths below the main one (d_model 128) at the smallest depth that reached 95% when this sweep was
 # registered: 2 layers of 8 heads (99.47% test exact match; no 1-layer point was trained yet). Only the
 # residual stream narrows: d_head 16 and d_mlp 512 stay, so every weight matrix, which reads or writes
-# the residual stream, shrinks with it.
+# the residual stream, shrinks with it. Compiled float32 steps, not FAST_STEPS: these points were first
+# trained on a CPU without native bfloat16, where a bfloat16 step is 19x slower (see below).
 MAIN_WIDTHS = register_sweep(Sweep("main_widths", "main", __name__,
                                    grid={"model.n_layers": [2], "model.n_heads": [8], "model.d_model": [64, 32]},
-                                   seeds=(0,), recipe=FAST_STEPS, export=True))
+                                   seeds=(0,), recipe={"compile": True}, export=True))
 # main_minimal's four 1-layer points, compiled in float32 rather than bfloat16: on a CPU with no native
 # bfloat16 (AVX2 only, like the 2-core AMD EPYC machine they were trained on), a bfloat16-autocast step of
 # the main model ran 19x slower than a float32 one (32 against 613 examples/s at batch 128,
