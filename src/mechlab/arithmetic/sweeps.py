@@ -32,9 +32,9 @@ MAIN_WIDTHS = register_sweep(Sweep("main_widths", "main", __name__,
 # main_minimal's four 1-layer points, compiled in float32 rather than bfloat16: on a CPU with no native
 # bfloat16 (AVX2 only, like the 2-core AMD EPYC machine they were trained on), a bfloat16-autocast step of
 # the main model ran 19x slower than a float32 one (32 against 613 examples/s at batch 128,
-# figures/bench_training_avx2.json), so main_minimal's own recipe would have taken about 8 hours a point
-# there. Same recipe and budget otherwise; the two precisions round differently, so these points are
-# comparable to the bfloat16 ones in outcome, not bit for bit.
+# figures/bench_training_avx2.json), so main_minimal's own recipe was impractical there. Same recipe
+# and budget otherwise; the two precisions round differently, so these points are comparable to the
+# bfloat16 ones in outcome, not bit for bit.
 MAIN_MINIMAL_1LAYER_FP32 = register_sweep(Sweep("main_minimal_1layer_fp32", "main", __name__,
                                                 grid={"model.n_layers": [1], "model.n_heads": [8, 4, 2, 1]},
                                                 seeds=(0,), recipe={"compile": True}, export=True))
