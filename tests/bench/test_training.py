@@ -4,15 +4,20 @@ import json
 import pytest
 import torch
 
-from mechlab.bench.training import examples_within, time_to_target, training_throughput
+from mechlab.bench.training import examples_within, machine_info, time_to_target, training_throughput
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_training_throughput_reports_a_consistent_row(precision):
     row = training_throughput(torch.device("cpu"), steps=1, batch_size=2, precision=precision)
-    assert row["precision"] == precision and row["compile"] is False
+    assert row["precision"] == precision and row["compile"] is False and row["timed_steps"] == 1
     assert row["examples_per_s"] == pytest.approx(2 / row["seconds_per_step"])
     assert row["gflops"] == pytest.approx(6 * row["parameters"] * row["tokens_per_s"] / 1e9)
+
+
+def test_machine_info_says_whether_bfloat16_is_native():
+    machine = machine_info()
+    assert isinstance(machine["native_bfloat16"], bool) and machine["logical_cpus"] >= 1
 
 
 def test_time_to_target_reads_the_first_row_past_the_target(tmp_path):

@@ -25,12 +25,13 @@ from mechlab.arithmetic.tokenizer import SEQ_LEN, VOCAB
 from mechlab.core.io import write_json_atomic
 from mechlab.core.model import build_model, count_parameters, default_device
 from mechlab.core.runs import first_reaching
-from mechlab.core.train import TrainConfig, make_optimizer
+from mechlab.core.train import TrainConfig, has_native_bfloat16, make_optimizer
 
 
 def machine_info() -> dict:
-    """The machine a benchmark ran on: CPU model, logical CPUs, torch threads and version, the
-    load average when it started (other work on a shared CPU slows every number down), GPU."""
+    """The machine a benchmark ran on: CPU model, whether it multiplies bfloat16 natively (AVX512-BF16
+    or AMX: without it a bfloat16 step is emulated and slow), logical CPUs, torch threads and version,
+    the load average when it started (other work on a shared CPU slows every number down), GPU."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -41,9 +42,10 @@ def machine_info() -> dict:
         load = Path("/proc/loadavg").read_text().split()[:3]
     except OSError:
         load = []
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    device = default_device()
+    return {"cpu": cpu, "native_bfloat16": has_native_bfloat16(device), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": load, "device": str(default_device()),
+            "loadavg_at_start": load, "device": str(device),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
@@ -104,7 +106,8 @@ def training_throughput(device: torch.device, steps: int, batch_size: int, compi
     n_params = count_parameters(model)
     return {"seconds_per_step": seconds, "examples_per_s": batch_size / seconds,
             "tokens_per_s": tokens_per_step / seconds, "gflops": 6 * n_params * tokens_per_step / seconds / 1e9,
-            "parameters": n_params, "batch_size": batch_size, "compile": compile, "precision": precision}
+            "parameters": n_params, "batch_size": batch_size, "timed_steps": steps, "compile": compile,
+            "precision": precision}
 
 
 def examples_within(bench: dict, minutes: float) -> dict:
