@@ -24,13 +24,15 @@ MAIN_MINIMAL = register_sweep(Sweep("main_minimal", "main", __name__,
 # The widths below the main one (d_model 128) at the smallest depth that reached 95% when this sweep was
 # registered: 2 layers of 8 heads (99.47% test exact match; no 1-layer point was trained yet). Only the
 # residual stream narrows: d_head 16 and d_mlp 512 stay, so every weight matrix, which reads or writes
-# the residual stream, shrinks with it. Compiled float32 steps, not FAST_STEPS: these points were first
-# trained on a CPU without native bfloat16, where a bfloat16 step is 19x slower (see below).
+# the residual stream, shrinks with it. Compiled float32 steps, not FAST_STEPS, so the recipe runs at full
+# speed on CPUs without native bfloat16 too, where a bfloat16 step is 19x slower (see below). (Both points
+# were trained on a CPU with AVX512-BF16, in float32 all the same.)
 MAIN_WIDTHS = register_sweep(Sweep("main_widths", "main", __name__,
                                    grid={"model.n_layers": [2], "model.n_heads": [8], "model.d_model": [64, 32]},
                                    seeds=(0,), recipe={"compile": True}, export=True))
 # main_minimal's four 1-layer points, compiled in float32 rather than bfloat16: on a CPU with no native
-# bfloat16 (AVX2 only, like the 2-core AMD EPYC machine they were trained on), a bfloat16-autocast step of
+# bfloat16 (AVX2 only, like the 2-core AMD EPYC machine the 8- and 4-head points were trained on; the 2- and
+# 1-head points ran on one with AVX512-BF16, in float32 all the same), a bfloat16-autocast step of
 # the main model ran 19x slower than a float32 one (32 against 613 examples/s at batch 128,
 # figures/bench_training_avx2.json), so main_minimal's own recipe was impractical there. Same recipe
 # and budget otherwise; the two precisions round differently, so these points are comparable to the
