@@ -166,6 +166,25 @@ def test_a_recipe_record_keeps_the_history_the_command_and_the_batch_size(tmp_pa
                                             "command": "python -m mechlab main train ...", "batch_size": 256}
 
 
+def test_recipe_records_gather_the_committed_run_the_tried_recipes_and_the_other_seeds(tmp_path):
+    from mechlab.arithmetic.study import MAIN_RECORD, recipe_records, recipe_table, write_recipe_record
+
+    committed = [{"step": 1000, "seconds": 60, "val_exact": 0.995}]
+    (tmp_path / "metrics.json").write_text(json.dumps(committed))
+    write_recipe_record("fast", "batch 256", [{"step": 500, "seconds": 30, "val_exact": 0.991}], "cmd", tmp_path, 256)
+    seed_run = tmp_path / "seeds" / "seed=1"
+    seed_run.mkdir(parents=True)
+    (seed_run / "metrics.json").write_text(json.dumps([{"step": 800, "seconds": 50, "val_exact": 0.99}]))
+
+    records = recipe_records(tmp_path / "metrics.json", tmp_path / "sweep", tmp_path / "seeds")
+    assert list(records) == [MAIN_RECORD, "batch 256", "main recipe, seed=1 (compiled bfloat16)"]
+    assert [r["other_seed"] for r in records.values()] == [False, False, True]
+    assert list(recipe_records(tmp_path / "metrics.json", tmp_path / "sweep")) == [MAIN_RECORD, "batch 256"]
+    table = recipe_table({name: r["history"] for name, r in records.items()}, at_step=0, targets=(0.99,),
+                         batch_sizes={name: r["batch_size"] for name, r in records.items()})
+    assert [row["examples to 99% (M)"] for row in table] == [0.128, 0.128, 0.1024]  # the fewest: the other seed
+
+
 def test_an_unknown_recipe_variant_is_a_clear_error(tmp_path):
     from mechlab.arithmetic.study import train_variant
 

@@ -11,6 +11,7 @@ notebook 01, and the analysis notebooks' model loader. Registered as study "main
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from mechlab.arithmetic.task import ArithmeticSplit, ArithmeticTask, evaluate_split, main_model_config
@@ -186,6 +187,28 @@ def write_recipe_record(name: str, description: str, history: list[dict], comman
     write_json_atomic(record, {"description": description, "history": history, "command": command,
                                "batch_size": batch_size})
     return record
+
+
+MAIN_RECORD = "main recipe (committed model)"  # the committed run's name among `recipe_records`
+
+
+def recipe_records(metrics: Path, sweep_dir: Path, seed_runs: Path | None = None) -> dict[str, dict]:
+    """Every recorded run of a main-model recipe, by name, for the recipe tables of notebooks 01 and 13:
+    the committed run (`MAIN_RECORD`, its metrics.json `metrics`), each record `write_recipe_record` left
+    in `sweep_dir` (named by its description), and with `seed_runs` (checkpoints/sweeps/main_seeds) the
+    main recipe at each other seed, one folder `seed=N` with a metrics.json each. Every value holds
+    "history", "batch_size", "command" and "other_seed" (True for the seed runs)."""
+    records = {MAIN_RECORD: {"history": json.loads(Path(metrics).read_text()), "batch_size": BATCH_SIZE,
+                             "command": "python -m mechlab main train", "other_seed": False}}
+    for path in sorted(Path(sweep_dir).glob("*.json")):
+        record = json.loads(path.read_text())
+        records[record["description"]] = {"history": record["history"], "command": record["command"],
+                                          "batch_size": record.get("batch_size", BATCH_SIZE), "other_seed": False}
+    for path in sorted(Path(seed_runs).glob("seed=*")) if seed_runs is not None else []:
+        records[f"main recipe, {path.name} (compiled bfloat16)"] = {
+            "history": json.loads((path / "metrics.json").read_text()), "batch_size": BATCH_SIZE,
+            "command": "python -m mechlab sweep main_seeds", "other_seed": True}
+    return records
 
 
 def write_sweep_record(name: str, result: TrainResult, out_dir: Path) -> Path:

@@ -43,7 +43,8 @@ def machine_info() -> dict:
     except OSError:
         load = []
     device = default_device()
-    return {"cpu": cpu, "native_bfloat16": has_native_bfloat16(device), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "native_bfloat16": has_native_bfloat16(device), "logical_cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "loadavg_at_start": load, "device": str(device),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

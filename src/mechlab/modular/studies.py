@@ -113,9 +113,9 @@ MODULAR_STUDIES: dict[str, ModularStudy] = {s.name: s for s in [
                             stop_metric="test_acc", stop_value=0.999, stop_patience=8),
         train_fraction=0.5, split_seed=999, n_series=8, progress=True,
         note="Nanda et al. (2023) architecture and AdamW(wd=1.0, betas 0.9/0.98), full batch; changed: lr 3e-3 "
-             "(published 1e-3) and training fraction 0.5 (published 0.3). The stop rule asks for test acc >= 99.9% at 8 "
-             "evaluations in a row (175 epochs after the first); the committed run was stopped by hand at epoch 425 (test acc >= 99.9% since epoch 350) when the "
-             "shared CPU had slowed to ~9 s/epoch."),
+             "(published 1e-3) and training fraction 0.5 (published 0.3). The stop rule asks for test acc >= 99.9% "
+             "at 8 evaluations in a row (175 epochs after the first); the committed run was stopped by hand at "
+             "epoch 425 (test acc >= 99.9% since epoch 350) when the shared CPU had slowed to ~9 s/epoch."),
     # B, in the published regime (issue 14): lr 1e-3 and 30% of the pairs for training, 25,000 full-batch
     # epochs (the stop rule ends a run at the 10th evaluation in a row with test accuracy >= 99.9%, 900 epochs
     # after the first), on three seeds.
@@ -134,7 +134,8 @@ MODULAR_STUDIES: dict[str, ModularStudy] = {s.name: s for s in [
                     grad_clip=None, eval_every=10, checkpoint_every=50, snapshot_every=50,
                     stop_metric="test_acc", stop_value=0.999, stop_patience=20, seed=0),
         train_fraction=0.4, split_seed=0, n_series=10,
-        note="full-batch AdamW lr 2e-3, weight decay 1.0 on 40% of the pairs; stops at the 20th evaluation in a row with test acc >= 99.9% (190 epochs after the first)."),
+        note="full-batch AdamW lr 2e-3, weight decay 1.0 on 40% of the pairs; stops at the 20th evaluation in a "
+             "row with test acc >= 99.9% (190 epochs after the first)."),
     # A, the original spec's recipe (10,000 train pairs, batch 64, weight decay 0.01, 40 epochs): does it grok at all?
     ModularStudy(
         "grokking_mlp_seed", "pair", GROKKING_MLP,
