@@ -16,7 +16,7 @@
 #
 # Every trained model is a registered study of the one CLI: `python -m mechlab NAME train|export|evaluate`
 # (`python -m mechlab --help`); the recipe and export settings live in the study's definition.
-#   make sweep-NAME     run registered sweep NAME (main_seeds, main_minimal, main_widths, grokking_mlp_width; WORKERS=N, RAY=ADDRESS)
+#   make sweep-NAME     run registered sweep NAME (main_seeds, main_minimal, main_widths, grokking_mlp_width; WORKERS=N, RAY=ADDRESS, WHERE=...)
 #   make bench          run the benchmarks
 #   make explore        the interactive explorer on http://127.0.0.1:7860 (installs the `explorer` extra on first use)
 #   make check-reports  open the reports in headless Chromium (offline) and check every figure drew
@@ -114,6 +114,7 @@ train-main $(addprefix train-,$(STUDIES)): train-%: | $(VENV_STAMP) data-checked
 # runs/sweeps/NAME/<point>/ (finished points skipped, interrupted ones resumed), results table
 # checkpoints/sweeps/NAME.json. WORKERS=N: N local processes; RAY=ADDRESS: each point a Ray task on
 # that cluster (installs the `ray` extra first). QUICK=1: quick points, results under runs/ only.
+# WHERE="n_layers=3 n_layers=4": only the points with those grid values (python -m mechlab sweep --help).
 WORKERS ?= 1
 RAY ?=
 RAY_STAMP := $(VENV)/.mechlab-ray-installed
@@ -122,7 +123,7 @@ $(RAY_STAMP): pyproject.toml | $(VENV_STAMP)
 	touch $@
 
 sweep-%: | $(VENV_STAMP) data-checked $(if $(RAY),$(RAY_STAMP))
-	$(PY) -m mechlab sweep $* --workers $(WORKERS) $(if $(RAY),--address $(RAY)) $(QUICK_FLAG)
+	$(PY) -m mechlab sweep $* --workers $(WORKERS) $(if $(RAY),--address $(RAY)) $(if $(WHERE),--where $(WHERE)) $(QUICK_FLAG)
 
 # Writes figures/bench_{training,patching,shakespeare,explore}.json (+ .png/.svg): about 25 minutes on 2 CPU cores.
 bench: | $(VENV_STAMP) data-checked

@@ -64,9 +64,11 @@ def test_sweep_runs_a_registered_sweep_and_main_sweep_still_means_the_recipe_var
     from mechlab.__main__ import main, parser
 
     monkeypatch.chdir(tmp_path)
+    main(["sweep", "grokking_mlp_width", "--quick", "--where", "d_hidden=128"])
+    assert "[1/1] d_hidden=128,seed=0: trained" in capsys.readouterr().out
     main(["sweep", "grokking_mlp_width", "--quick"])
     out = capsys.readouterr().out
-    assert "[2/2] d_hidden=128,seed=0: trained" in out
+    assert "d_hidden=64,seed=0: trained" in out and "d_hidden=128,seed=0: skipped" in out
     assert out.strip().endswith("wrote runs/sweeps/grokking_mlp_width/quick/results.json")
     table = json.loads((tmp_path / "runs/sweeps/grokking_mlp_width/quick/results.json").read_text())
     assert [row["id"] for row in table["rows"]] == ["d_hidden=64,seed=0", "d_hidden=128,seed=0"]

@@ -5,7 +5,7 @@
     python -m mechlab <study> export   [--quick] [--run-dir runs/<study>] [--out <export dir>]
     python -m mechlab <study> evaluate [--out <export dir>] [--limit N] [--save]
     python -m mechlab main sweep [--variant NAME ...] [--out checkpoints/main]   # notebook 01's recipe variants
-    python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001]   # a registered sweep
+    python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001] [--where FIELD=VALUE ...]
     python -m mechlab data [DIR]   # regenerate the main task's data sets and check them against the manifest
 
 Studies: main (the arithmetic model, notebooks 01-05), multitask, multimodulus, lstm, encdec (issue 15's
@@ -76,11 +76,16 @@ def recipe_change(text: str) -> tuple[str, object]:
     if not sep or field not in fields:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}, "
                                          f"got {text!r}")
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
+    parsed = json_or_text(value)
     return field, tuple(parsed) if isinstance(parsed, list) else parsed
+
+
+def json_or_text(value: str) -> object:
+    """A command-line value: parsed as JSON (2e-3, 3, true, null, [0.9, 0.95]), or else the text itself (bfloat16)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,14 +122,28 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="each point a quick run (results: runs/sweeps/NAME/quick/)")
     p.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1: this one)")
     p.add_argument("--address", help="run the points as Ray tasks on this cluster (e.g. ray://HOST:10001, or auto)")
+    p.add_argument("--where", nargs="+", metavar="FIELD=VALUE", type=grid_value,
+                   help="only the points with these grid values or seeds (n_layers=3 n_layers=4 seed=0); "
+                   "one field's values are alternatives, different fields must all match")
     return p
+
+
+def grid_value(text: str) -> tuple[str, object]:
+    """argparse type: FIELD=VALUE selecting sweep points (a grid field or seed), VALUE as `json_or_text`."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (a grid field or seed), got {text!r}")
+    return name, json_or_text(value)
 
 
 def sweep_main(argv: list[str]) -> None:
     """`python -m mechlab sweep NAME ...`"""
     args = sweep_parser().parse_args(argv)
     sweep = dataclasses.replace(get_sweep(args.name), quick=args.quick)
-    run_sweep(sweep, args.address, args.workers)
+    where: dict[str, list] = {}
+    for name, value in args.where or []:  # n_layers=3 n_layers=4 -> {"n_layers": [3, 4]}
+        where.setdefault(name, []).append(value)
+    run_sweep(sweep, args.address, args.workers, where or None)
     print(f"wrote {sweep.table_path}")
 
 

@@ -95,6 +95,29 @@ def test_a_sweep_runs_once_and_a_rerun_trains_nothing(tmp_path, capsys):
     assert load_results(sweep.table_path) == [without(row, "status", "wall_seconds") for row in again]
 
 
+def test_where_runs_only_the_selected_points_and_the_table_keeps_every_row(tmp_path):
+    sweep = tiny_sweep(tmp_path, seeds=(0, 1))
+    rows = run_sweep(sweep, where={"d_hidden": [32], "seed": [1]})
+    assert [(row["id"], row["status"]) for row in rows] == [("d_hidden=32,seed=1", "trained")]
+    assert not (sweep.run_root / "d_hidden=16,seed=0").exists()
+
+    rows = run_sweep(sweep, where={"d_hidden": [16]})  # the other points join the table
+    assert [(row["id"], row["status"]) for row in rows] == [("d_hidden=16,seed=0", "trained"),
+                                                            ("d_hidden=16,seed=1", "trained")]
+    assert [row["id"] for row in load_results(sweep.table_path)] == [
+        "d_hidden=16,seed=0", "d_hidden=16,seed=1", "d_hidden=32,seed=1"]  # in point order
+    assert [row["status"] for row in run_sweep(sweep)] == ["skipped", "skipped", "trained", "skipped"]
+
+
+def test_where_names_a_field_or_value_the_grid_does_not_have(tmp_path):
+    sweep = tiny_sweep(tmp_path)
+    with pytest.raises(SweepError) as error:
+        run_sweep(sweep, where={"d_hidden": [16, 64], "n_layers": [2]})
+    assert "d_hidden=64 is not among the grid's values [16, 32]" in str(error.value)
+    assert "'n_layers' is not a field of the grid (d_hidden, seed)" in str(error.value)
+    assert not sweep.run_root.exists()  # nothing trained
+
+
 def test_an_exporting_sweep_exports_each_point_once_beside_its_table(tmp_path):
     sweep = tiny_sweep(tmp_path, grid={}, seeds=(0, 1), export=True)
     rows = run_sweep(sweep)

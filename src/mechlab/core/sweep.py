@@ -1,7 +1,7 @@
 """Declarative sweeps: a grid over model and recipe fields x seeds of one registered study, trained by
 a resumable runner through the study's own `train` (the one training loop), with a results table.
 
-    python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001]
+    python -m mechlab sweep NAME [--quick] [--workers N] [--address ray://HOST:10001] [--where FIELD=VALUE ...]
 
 A `Sweep` names a study, a grid (`{"model.n_layers": [1, 2], "train.lr": [1e-3, 3e-3]}`: fields of the
 study's model config and of its `TrainConfig`), seeds, and recipe changes applied to every point. Each
@@ -23,6 +23,9 @@ Where things go:
                                      such as the replication table read committed models, not runs
 A quick sweep (`--quick`: each point a quick run) trains into runs/sweeps/<name>/quick/ and writes its
 table (and exports, under exports/) there, so it never overwrites the committed ones.
+
+`--where n_layers=3 n_layers=4` runs only the points with those grid values (one field's values are
+alternatives; different fields must all match); the table keeps every point's row.
 
 Points run one after another in this process by default; `workers=N` runs N local processes (a worker
 whose sweep process ends, however it ends, stops too: it saves its step and exits), and
@@ -234,7 +237,7 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
         if not (out_dir / "model.pt").exists():
             study.export(run_dir, out_dir, sweep.quick)
         exported = {"export": out_dir.as_posix()}
-    return {"id": point.id, **{short_name(k): v for k, v in point.values.items()}, "seed": point.seed,
+    return {"id": point.id, **point_fields(point),
             "parameters": count_parameters(build(point.model_config, "cpu")), "steps": result.steps,
             "seconds": round(final.get("seconds", result.seconds), 2),
             "stopped_because": result.stopped_because.removeprefix(ALREADY_FINISHED),
@@ -242,19 +245,43 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
             **exported, "status": status, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
-def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1) -> list[dict[str, Any]]:
-    """Run every point of `sweep` (finished ones are skipped, interrupted ones resumed) and return
-    their rows in point order. Local by default: in this process, or `workers` spawned processes
-    (torch threads: the cores shared out); with `address`, as Ray core tasks on that cluster. The
-    results table is rewritten (atomically) after each finished point. A point recorded in the
-    table without a run folder (a fresh clone of committed results) is kept, not trained again."""
+def select_points(every: list[Point], where: dict[str, list] | None) -> list[Point]:
+    """The points of `every` whose grid values (short names, as in their ids) and seed are among
+    `where`'s: {"n_layers": [3, 4]} keeps the 3- and 4-layer points, {"n_layers": [3], "n_heads": [2]}
+    the one with both. None keeps them all; a field or value the grid does not have is a SweepError."""
+    if where is None:
+        return every
+    fields = [point_fields(p) for p in every]
+    grid = {name: list(dict.fromkeys(f[name] for f in fields)) for name in (fields[0] if fields else {})}
+    problems = [f"{name!r} is not a field of the grid ({', '.join(grid)})" for name in where if name not in grid]
+    problems += [f"{name}={value!r} is not among the grid's values {grid[name]}"
+                 for name, values in where.items() if name in grid for value in values if value not in grid[name]]
+    if problems:
+        raise SweepError("cannot select points: " + "; ".join(problems))
+    return [p for p, f in zip(every, fields) if all(f[name] in values for name, values in where.items())]
+
+
+def point_fields(point: Point) -> dict[str, Any]:
+    """The point's grid values by short name, and its seed: {"n_layers": 3, "n_heads": 2, "seed": 0}."""
+    return {**{short_name(k): v for k, v in point.values.items()}, "seed": point.seed}
+
+
+def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1,
+              where: dict[str, list] | None = None) -> list[dict[str, Any]]:
+    """Run every point of `sweep` (or those `where` selects, see `select_points`; finished ones are
+    skipped, interrupted ones resumed) and return their rows in point order. Local by default: in
+    this process, or `workers` spawned processes (torch threads: the cores shared out); with
+    `address`, as Ray core tasks on that cluster. The results table, which keeps every point's row,
+    is rewritten (atomically) after each finished point. A point recorded in the table without a
+    run folder (a fresh clone of committed results) is kept, not trained again."""
     every = points(sweep)
+    selected = select_points(every, where)
     rows = previous_rows(sweep)
-    recorded = {p.id for p in every if is_recorded_without_run(sweep, p, rows)}
+    recorded = {p.id for p in selected if is_recorded_without_run(sweep, p, rows)}
     if recorded:
-        print(f"{len(recorded)} of {len(every)} points are recorded in {sweep.table_path} without a run folder: "
+        print(f"{len(recorded)} of {len(selected)} points are recorded in {sweep.table_path} without a run folder: "
               "kept, not trained again", flush=True)
-    todo = [p for p in every if p.id not in recorded]
+    todo = [p for p in selected if p.id not in recorded]
     with closing(_completed_points(sweep, todo, address, workers)) as completed:  # closed at once if stopped
         for done, row in enumerate(completed, 1):
             rows[row["id"]] = row
@@ -262,7 +289,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1) -> lis
                   f"({row['steps']} steps, {row['stopped_because']})", flush=True)
             write_results(sweep, [rows[p.id] for p in every if p.id in rows])
     return [{**rows[p.id], "status": "recorded", "wall_seconds": 0.0} if p.id in recorded else rows[p.id]
-            for p in every]
+            for p in selected]
 
 
 def is_recorded_without_run(sweep: Sweep, point: Point, rows: dict[str, dict]) -> bool:
