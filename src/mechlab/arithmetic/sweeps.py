@@ -1,7 +1,7 @@
 """The main study's sweeps (`python -m mechlab sweep NAME`, see `mechlab.core.sweep`):
 
     main_seeds     the main recipe at seeds 1, 2, 3, in compiled bfloat16: does the result replicate beyond seed 0?
-    main_minimal   layers x heads at seed 0, in compiled bfloat16: the smallest model that still learns the task
+    main_minimal   layers x heads at seeds 0 and 1, in compiled bfloat16: the smallest model that still learns the task
     main_widths    residual stream widths 64 and 32 at two layers of 8 heads, compiled float32: how narrow it can be
     main_minimal_1layer_fp32   main_minimal's 1-layer points in compiled float32, for CPUs without native bfloat16
 
@@ -17,10 +17,11 @@ from mechlab.core.sweep import Sweep, register_sweep
 MAIN_SEEDS = register_sweep(Sweep("main_seeds", "main", __name__, seeds=(1, 2, 3), recipe=FAST_STEPS, export=True))
 # The minimal-model grid: the main recipe and budget with FAST_STEPS at every point. Points run in grid
 # order, so the most telling come first: two layers at the main width (the design document expects two
-# layers to plateau at 75-82%), then fewer heads, then one layer, then three and four.
+# layers to plateau at 75-82%), then fewer heads, then one layer, then three and four; each at seed 0,
+# then seed 1 (the issue asks for 2 seeds where the budget allows: `--where seed=1 ...` picks points).
 MAIN_MINIMAL = register_sweep(Sweep("main_minimal", "main", __name__,
                                     grid={"model.n_layers": [2, 1, 3, 4], "model.n_heads": [8, 4, 2, 1]},
-                                    seeds=(0,), recipe=FAST_STEPS, export=True))
+                                    seeds=(0, 1), recipe=FAST_STEPS, export=True))
 # The widths below the main one (d_model 128) at the smallest depth that reached 95% when this sweep was
 # registered: 2 layers of 8 heads (99.47% test exact match; no 1-layer point was trained yet). Only the
 # residual stream narrows: d_head 16 and d_mlp 512 stay, so every weight matrix, which reads or writes
