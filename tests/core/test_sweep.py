@@ -1,4 +1,5 @@
 """Sweeps: points of a grid x seeds, trained through a study's own train, resumable, with a results table."""
+import dataclasses
 import json
 import os
 import re
@@ -107,6 +108,25 @@ def test_where_runs_only_the_selected_points_and_the_table_keeps_every_row(tmp_p
     assert [row["id"] for row in load_results(sweep.table_path)] == [
         "d_hidden=16,seed=0", "d_hidden=16,seed=1", "d_hidden=32,seed=1"]  # in point order
     assert [row["status"] for row in run_sweep(sweep)] == ["skipped", "skipped", "trained", "skipped"]
+
+
+def test_a_grown_sweep_keeps_its_rows_and_a_changed_recipe_drops_them(tmp_path):
+    run_sweep(tiny_sweep(tmp_path, grid={"model.d_hidden": [16]}, export=True))
+    shutil.rmtree(tmp_path / "runs")  # as in a fresh clone: the table and the exports only
+    grown = tiny_sweep(tmp_path, grid={"model.d_hidden": [16, 32]}, seeds=(0, 1), export=True)
+    rows = run_sweep(grown, where={"seed": [1]})  # a second seed and a wider grid: new points only
+    assert [(row["id"], row["status"]) for row in rows] == [("d_hidden=16,seed=1", "trained"),
+                                                            ("d_hidden=32,seed=1", "trained")]
+    assert [row["id"] for row in load_results(grown.table_path)] == [
+        "d_hidden=16,seed=0", "d_hidden=16,seed=1", "d_hidden=32,seed=1"]  # the first point's row kept
+
+    changed = dataclasses.replace(grown, recipe={"weight_decay": 0.5}, out_dir=tmp_path / "other_runs")
+    export = changed.export_root / "d_hidden=32,seed=1" / "model.pt"
+    old_model = load_torch_dict(export, "model")["state_dict"]
+    run_sweep(changed, where={"d_hidden": [32], "seed": [1]})  # results of another recipe are not kept
+    assert [row["id"] for row in load_results(changed.table_path)] == ["d_hidden=32,seed=1"]
+    new_model = load_torch_dict(export, "model")["state_dict"]  # nor is its export
+    assert not all(torch.equal(old_model[name], new_model[name]) for name in old_model)
 
 
 def test_where_names_a_field_or_value_the_grid_does_not_have(tmp_path):

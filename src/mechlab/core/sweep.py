@@ -220,7 +220,8 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     seconds (to the last evaluation, as the run records them, so a skipped point gives the same row),
     why it stopped and the final evaluation's metrics (the last row of the run's history), plus this
     call's `status` ("trained", "resumed", "skipped"; "paused" at `stop_after_steps`) and `wall_seconds`.
-    With `sweep.export`, a finished point is exported (once) to export_root/<point id>, named in the row."""
+    With `sweep.export`, a finished point is exported to export_root/<point id>, named in the row: once
+    when it finishes (replacing an export left there by an earlier recipe), not again when skipped."""
     start = time.perf_counter()
     study = dataclasses.replace(STUDIES[sweep.study], model_config=point.model_config)
     run_dir = sweep.run_root / point.id
@@ -234,7 +235,7 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
     exported = {}
     if sweep.export and status != "paused":
         out_dir = sweep.export_root / point.id
-        if not (out_dir / "model.pt").exists():
+        if status != "skipped" or not (out_dir / "model.pt").exists():  # (a point trained now replaces an old export)
             study.export(run_dir, out_dir, sweep.quick)
         exported = {"export": out_dir.as_posix()}
     return {"id": point.id, **point_fields(point),
@@ -415,14 +416,20 @@ def _on_ray(sweep: Sweep, todo: list[Point], address: str) -> Iterator[dict]:
         yield ray.get(done[0])
 
 
+# The parts of a sweep's definition that every point's result depends on; the grid and seeds only
+# say which points there are, so a sweep can grow (a second seed, another grid value) and keep its rows.
+RESULT_DEFINING = ("study", "recipe", "quick")
+
+
 def previous_rows(sweep: Sweep) -> dict[str, dict]:
-    """The rows (by id) of the existing results table if it was written by this same sweep, so a
-    re-run rewrites the table without first dropping the rows it has not reached yet."""
+    """The rows (by id) of the existing results table for the points `sweep` still has, if the table
+    was written with the same study, recipe and quickness, so a re-run (or a grown grid) rewrites the
+    table without first dropping the rows it has not reached yet."""
     path = sweep.table_path
     if not path.exists():
         return {}
-    table = json.loads(path.read_text())
-    if table.get("sweep") != json.loads(json.dumps(sweep.to_json())):
+    table, now = json.loads(path.read_text()), json.loads(json.dumps(sweep.to_json()))
+    if any(table.get("sweep", {}).get(key) != now[key] for key in RESULT_DEFINING):
         return {}
     ids = {point.id for point in points(sweep)}
     return {row["id"]: row for row in table["rows"] if row["id"] in ids}
