@@ -58,8 +58,8 @@ def minimal_table(results: list[dict], exports_dir: Path, data_dir: Path, limit:
         measured = point_record(export, test, config) if (export / "model.pt").exists() else {}
         rows.append({"point": result["id"], "layers": config.n_layers, "heads per layer": config.n_heads,
                      "total heads": config.n_layers * config.n_heads, "d_model": config.d_model,
-                     "seed": result["seed"], "parameters": result["parameters"], "steps": result["steps"], "minutes": result["seconds"] / 60,
-                     "stopped because": result["stopped_because"], **measured})
+                     "seed": result["seed"], "parameters": result["parameters"], "steps": result["steps"],
+                     "minutes": result["seconds"] / 60, "stopped because": result["stopped_because"], **measured})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values("parameters").set_index("point")
 
 
