@@ -16,7 +16,7 @@ from mechlab.core.model import CheckpointMismatchError, build_model, load_checkp
 def planted(points: dict[tuple[int, int], float]) -> pd.DataFrame:
     """A minimal_table-shaped frame: (layers, heads per layer) -> test exact match."""
     rows = [{"point": f"n_layers={l},n_heads={h},seed=0", "layers": l, "heads per layer": h, "total heads": l * h,
-             "parameters": 100_000 * l + 1_000 * h, "test exact": exact} for (l, h), exact in points.items()]
+             "seed": 0, "parameters": 100_000 * l + 1_000 * h, "test exact": exact} for (l, h), exact in points.items()]
     return pd.DataFrame(rows).set_index("point")
 
 
@@ -25,6 +25,12 @@ def test_the_smallest_point_reaching_a_target_is_the_one_with_fewest_parameters(
     assert smallest_reaching(table, 0.95)["layers"] == 2 and smallest_reaching(table, 0.95)["heads per layer"] == 1
     assert smallest_reaching(table, 0.99)["heads per layer"] == 8
     assert smallest_reaching(table, 0.9999) is None
+
+
+def test_of_two_seeds_of_the_smallest_shape_the_lowest_is_named():
+    seed_0 = planted({(2, 8): 0.995})
+    seed_1 = seed_0.rename(index=lambda point: point.replace("seed=0", "seed=1")).assign(seed=1)
+    assert smallest_reaching(pd.concat([seed_1, seed_0]), 0.99).name == "n_layers=2,n_heads=8,seed=0"
 
 
 def test_a_two_layer_point_above_82_percent_fails_both_of_its_claims():

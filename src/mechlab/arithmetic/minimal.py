@@ -82,9 +82,9 @@ def grid_table(names: tuple[str, ...], sweeps_dir: Path, data_dir: Path, limit: 
 
 def smallest_reaching(table: pd.DataFrame, target: float) -> pd.Series | None:
     """The row of `minimal_table` with the fewest parameters whose test exact match is >= `target`
-    (None if no point reaches it)."""
+    (the lowest seed's where seeds of one shape tie; None if no point reaches it)."""
     reached = table[table["test exact"] >= target]
-    return None if reached.empty else reached.sort_values("parameters").iloc[0]
+    return None if reached.empty else reached.sort_values(["parameters", "seed"], kind="stable").iloc[0]
 
 
 def _verdict(points: pd.DataFrame, fails: pd.Series) -> dict:
