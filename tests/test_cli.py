@@ -61,7 +61,7 @@ def test_evaluate_writes_into_the_checkpoint_folder_only_when_asked(tmp_path, re
 def test_sweep_runs_a_registered_sweep_and_main_sweep_still_means_the_recipe_variants(tmp_path, monkeypatch, capsys):
     import json
 
-    from mechlab.__main__ import main, parser
+    from mechlab.__main__ import main, parser, sweep_parser
 
     monkeypatch.chdir(tmp_path)
     main(["sweep", "grokking_mlp_width", "--quick", "--where", "d_hidden=128"])
@@ -72,5 +72,7 @@ def test_sweep_runs_a_registered_sweep_and_main_sweep_still_means_the_recipe_var
     assert out.strip().endswith("wrote runs/sweeps/grokking_mlp_width/quick/results.json")
     table = json.loads((tmp_path / "runs/sweeps/grokking_mlp_width/quick/results.json").read_text())
     assert [row["id"] for row in table["rows"]] == ["d_hidden=64,seed=0", "d_hidden=128,seed=0"]
+    where = sweep_parser().parse_args(["main_minimal", "--where", "n_layers=3", "n_heads=8", "--where", "seed=0"]).where
+    assert where == [("n_layers", "3"), ("n_heads", "8"), ("seed", "0")]  # a second --where adds to the first
     args = parser().parse_args(["main", "sweep", "--variant", "seed_lr"])  # notebook 01's command, unchanged
     assert (args.study, args.command, args.variant) == ("main", "sweep", ["seed_lr"])

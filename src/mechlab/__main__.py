@@ -122,18 +122,19 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="each point a quick run (results: runs/sweeps/NAME/quick/)")
     p.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1: this one)")
     p.add_argument("--address", help="run the points as Ray tasks on this cluster (e.g. ray://HOST:10001, or auto)")
-    p.add_argument("--where", nargs="+", metavar="FIELD=VALUE", type=grid_value,
-                   help="only the points with these grid values or seeds (n_layers=3 n_layers=4 seed=0); "
-                   "one field's values are alternatives, different fields must all match")
+    p.add_argument("--where", nargs="+", action="extend", metavar="FIELD=VALUE", type=grid_value,
+                   help="only the points with these grid values or seeds, as the point ids write them "
+                   "(n_layers=3 n_layers=4 seed=0); one field's values are alternatives, "
+                   "different fields must all match")
     return p
 
 
-def grid_value(text: str) -> tuple[str, object]:
-    """argparse type: FIELD=VALUE selecting sweep points (a grid field or seed), VALUE as `json_or_text`."""
+def grid_value(text: str) -> tuple[str, str]:
+    """argparse type: FIELD=VALUE selecting sweep points (a grid field or seed), VALUE as a point id writes it."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (a grid field or seed), got {text!r}")
-    return name, json_or_text(value)
+    return name, value
 
 
 def sweep_main(argv: list[str]) -> None:

@@ -7,12 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from mechlab.core import sweep as sweep_module
 from mechlab.core.io import LockedError, exclusive_lock, load_torch_dict
 from mechlab.core.studies import get_study
 from mechlab.core.sweep import (
@@ -23,6 +25,7 @@ from mechlab.core.sweep import (
     points,
     run_point,
     run_sweep,
+    select_points,
     write_results,
 )
 
@@ -110,6 +113,51 @@ def test_where_runs_only_the_selected_points_and_the_table_keeps_every_row(tmp_p
     assert [row["status"] for row in run_sweep(sweep)] == ["skipped", "skipped", "trained", "skipped"]
 
 
+def test_where_takes_values_as_the_point_ids_write_them(tmp_path):
+    sweep = tiny_sweep(tmp_path, grid={"train.lr": [1e-3, 3e-3], "train.compile": [False, True]})
+    assert [p.id for p in select_points(sweep, {"lr": ["0.001"], "compile": ["True"]})] == [
+        "lr=0.001,compile=True,seed=0"]  # the text of the command line ...
+    assert [p.id for p in select_points(sweep, {"lr": [0.003], "compile": [False]})] == [
+        "lr=0.003,compile=False,seed=0"]  # ... or the values themselves
+    with pytest.raises(SweepError, match=r"compile=1 is not among the grid's values \[False, True\]"):
+        select_points(sweep, {"compile": ["1"]})  # True == 1 in Python, but not in a point id
+
+
+def test_two_sweep_processes_on_different_points_keep_each_others_rows(tmp_path, monkeypatch):
+    sweep = tiny_sweep(tmp_path)
+    train_point = sweep_module.run_point
+
+    def another_process_finishes_first(sweep: Sweep, point, **options) -> dict:
+        if point.id == "d_hidden=32,seed=0":  # while this one trains, another adds its row
+            run_sweep(sweep, where={"d_hidden": [16]})
+        return train_point(sweep, point, **options)
+
+    monkeypatch.setattr(sweep_module, "run_point", another_process_finishes_first)
+    run_sweep(sweep, where={"d_hidden": [32]})  # read the table before the other row was in it
+    assert [row["id"] for row in load_results(sweep.table_path)] == ["d_hidden=16,seed=0", "d_hidden=32,seed=0"]
+
+
+def test_a_waiting_lock_waits_for_its_holder(tmp_path):
+    events, held = [], threading.Event()
+
+    def hold_a_moment():
+        with exclusive_lock(tmp_path / "table.lock", "the table"):
+            held.set()
+            time.sleep(0.2)
+            events.append("holder done")
+
+    holder = threading.Thread(target=hold_a_moment)
+    holder.start()
+    held.wait()
+    with pytest.raises(LockedError, match="the table is in use by another process"):
+        with exclusive_lock(tmp_path / "table.lock", "the table"):
+            pass
+    with exclusive_lock(tmp_path / "table.lock", "the table", wait=True):
+        events.append("waiter in")
+    holder.join()
+    assert events == ["holder done", "waiter in"]
+
+
 def test_a_grown_sweep_keeps_its_rows_and_a_changed_recipe_drops_them(tmp_path):
     run_sweep(tiny_sweep(tmp_path, grid={"model.d_hidden": [16]}, export=True))
     shutil.rmtree(tmp_path / "runs")  # as in a fresh clone: the table and the exports only
@@ -135,6 +183,8 @@ def test_where_names_a_field_or_value_the_grid_does_not_have(tmp_path):
         run_sweep(sweep, where={"d_hidden": [16, 64], "n_layers": [2]})
     assert "d_hidden=64 is not among the grid's values [16, 32]" in str(error.value)
     assert "'n_layers' is not a field of the grid (d_hidden, seed)" in str(error.value)
+    with pytest.raises(SweepError, match="no value given for seed"):
+        run_sweep(sweep, where={"seed": []})
     assert not sweep.run_root.exists()  # nothing trained
 
 

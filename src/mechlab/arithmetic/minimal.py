@@ -84,7 +84,7 @@ def smallest_reaching(table: pd.DataFrame, target: float) -> pd.Series | None:
     """The row of `minimal_table` with the fewest parameters whose test exact match is >= `target`
     (the lowest seed's where seeds of one shape tie; None if no point reaches it)."""
     reached = table[table["test exact"] >= target]
-    return None if reached.empty else reached.sort_values(["parameters", "seed"], kind="stable").iloc[0]
+    return None if reached.empty else reached.sort_values(["parameters", "seed"]).iloc[0]
 
 
 def _verdict(points: pd.DataFrame, fails: pd.Series) -> dict:

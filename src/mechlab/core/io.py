@@ -109,9 +109,11 @@ class LockedError(RuntimeError):
 
 
 @contextmanager
-def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError) -> Iterator[None]:
+def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError,
+                   wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on file `path` (created if missing) while the block runs, or raise
-    `error` (a LockedError) naming `what` and the holder's pid. The lock is the operating system's
+    `error` (a LockedError) naming `what` and the holder's pid (with `wait`: wait for the holder to
+    release it, for locks held a moment, such as a table being rewritten). The lock is the operating system's
     (`flock`), so it ends with the process that holds it however that process ends: a lock is never
     stale. Where there is no `flock` (Windows, some network filesystems, a read-only folder) the
     block runs unlocked, with a warning."""
@@ -123,7 +125,7 @@ def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError
     file = None
     try:
         file = open(path, "a+")
-        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         file.seek(0)
         holder = file.read().strip() or "unknown"

@@ -24,8 +24,11 @@ Where things go:
 A quick sweep (`--quick`: each point a quick run) trains into runs/sweeps/<name>/quick/ and writes its
 table (and exports, under exports/) there, so it never overwrites the committed ones.
 
-`--where n_layers=3 n_layers=4` runs only the points with those grid values (one field's values are
-alternatives; different fields must all match); the table keeps every point's row.
+`--where n_layers=3 n_layers=4` runs only the points with those grid values, written as the point ids
+write them (one field's values are alternatives; different fields must all match); the table keeps
+every point's row. Two sweep processes may run different points of one sweep at once (`--where
+seed=0` and `--where seed=1`): each re-reads the table under a lock (runs/sweeps/<name>/results.lock)
+before it adds a row, so neither loses the other's.
 
 Points run one after another in this process by default; `workers=N` runs N local processes (a worker
 whose sweep process ends, however it ends, stops too: it saves its step and exits), and
@@ -53,7 +56,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mechlab.core.io import write_json_atomic
+from mechlab.core.io import exclusive_lock, write_json_atomic
 from mechlab.core.model import build, count_parameters
 from mechlab.core.studies import STUDIES, Study
 from mechlab.core.train import InvalidRecipeError, TrainConfig
@@ -197,7 +200,12 @@ def point_recipe(sweep: Sweep, study: Study, values: dict[str, Any], seed: int) 
 
 def point_id(values: dict[str, Any], seed: int) -> str:
     """"n_layers=2,d_model=64,seed=1": the point's run folder and row id."""
-    return ",".join([*(f"{short_name(k)}={str(v).replace(' ', '')}" for k, v in values.items()), f"seed={seed}"])
+    return ",".join([*(f"{short_name(k)}={id_text(v)}" for k, v in values.items()), f"seed={seed}"])
+
+
+def id_text(value: Any) -> str:
+    """A grid value as a point id writes it: 0.001, True, (0.9,0.98)."""
+    return str(value).replace(" ", "")
 
 
 def points(sweep: Sweep) -> list[Point]:
@@ -246,20 +254,24 @@ def run_point(sweep: Sweep, point: Point, stop_after_steps: int | None = None) -
             **exported, "status": status, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
-def select_points(every: list[Point], where: dict[str, list] | None) -> list[Point]:
-    """The points of `every` whose grid values (short names, as in their ids) and seed are among
-    `where`'s: {"n_layers": [3, 4]} keeps the 3- and 4-layer points, {"n_layers": [3], "n_heads": [2]}
-    the one with both. None keeps them all; a field or value the grid does not have is a SweepError."""
+def select_points(sweep: Sweep, where: dict[str, list] | None) -> list[Point]:
+    """The points of `sweep` whose grid values (by short name) and seed are among `where`'s, compared
+    as the point ids write them, so {"n_layers": [3, 4]} and {"n_layers": ["3", "4"]} (as the command
+    line gives them) both keep the 3- and 4-layer points, and {"n_layers": [3], "n_heads": [2]} the one
+    with both. None keeps them all; a field or value the grid does not have is a SweepError."""
+    every = points(sweep)
     if where is None:
         return every
-    fields = [point_fields(p) for p in every]
-    grid = {name: list(dict.fromkeys(f[name] for f in fields)) for name in (fields[0] if fields else {})}
-    problems = [f"{name!r} is not a field of the grid ({', '.join(grid)})" for name in where if name not in grid]
-    problems += [f"{name}={value!r} is not among the grid's values {grid[name]}"
-                 for name, values in where.items() if name in grid for value in values if value not in grid[name]]
+    grid = {**{short_name(k): [id_text(v) for v in values] for k, values in sweep.grid.items()},
+            "seed": [id_text(seed) for seed in sweep.seeds]}
+    wanted = {name: [id_text(v) for v in values] for name, values in where.items()}
+    problems = [f"{name!r} is not a field of the grid ({', '.join(grid)})" for name in wanted if name not in grid]
+    problems += [f"no value given for {name}" for name, values in wanted.items() if not values]
+    problems += [f"{name}={value} is not among the grid's values [{', '.join(grid[name])}]"
+                 for name, values in wanted.items() if name in grid for value in values if value not in grid[name]]
     if problems:
         raise SweepError("cannot select points: " + "; ".join(problems))
-    return [p for p, f in zip(every, fields) if all(f[name] in values for name, values in where.items())]
+    return [p for p in every if all(id_text(point_fields(p)[name]) in values for name, values in wanted.items())]
 
 
 def point_fields(point: Point) -> dict[str, Any]:
@@ -273,10 +285,9 @@ def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1,
     skipped, interrupted ones resumed) and return their rows in point order. Local by default: in
     this process, or `workers` spawned processes (torch threads: the cores shared out); with
     `address`, as Ray core tasks on that cluster. The results table, which keeps every point's row,
-    is rewritten (atomically) after each finished point. A point recorded in the table without a
-    run folder (a fresh clone of committed results) is kept, not trained again."""
-    every = points(sweep)
-    selected = select_points(every, where)
+    is rewritten (atomically, see `record_row`) after each finished point. A point recorded in the
+    table without a run folder (a fresh clone of committed results) is kept, not trained again."""
+    selected = select_points(sweep, where)
     rows = previous_rows(sweep)
     recorded = {p.id for p in selected if is_recorded_without_run(sweep, p, rows)}
     if recorded:
@@ -288,7 +299,7 @@ def run_sweep(sweep: Sweep, address: str | None = None, workers: int = 1,
             rows[row["id"]] = row
             print(f"[{done}/{len(todo)}] {row['id']}: {row['status']} in {row['wall_seconds']:.1f} s "
                   f"({row['steps']} steps, {row['stopped_because']})", flush=True)
-            write_results(sweep, [rows[p.id] for p in every if p.id in rows])
+            record_row(sweep, row)
     return [{**rows[p.id], "status": "recorded", "wall_seconds": 0.0} if p.id in recorded else rows[p.id]
             for p in selected]
 
@@ -433,6 +444,15 @@ def previous_rows(sweep: Sweep) -> dict[str, dict]:
         return {}
     ids = {point.id for point in points(sweep)}
     return {row["id"]: row for row in table["rows"] if row["id"] in ids}
+
+
+def record_row(sweep: Sweep, row: dict) -> None:
+    """Add (or replace) `row` in the results table, which is read again under a lock first: sweep
+    processes running different points of one sweep at once (`where`) keep each other's rows."""
+    sweep.run_root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(sweep.run_root / "results.lock", f"the results table of sweep {sweep.name}", wait=True):
+        rows = previous_rows(sweep) | {row["id"]: row}
+        write_results(sweep, [rows[p.id] for p in points(sweep) if p.id in rows])
 
 
 def write_results(sweep: Sweep, rows: list[dict]) -> Path:
