@@ -429,6 +429,8 @@ def _on_ray(sweep: Sweep, todo: list[Point], address: str) -> Iterator[dict]:
 
 # The parts of a sweep's definition that every point's result depends on; the grid and seeds only
 # say which points there are, so a sweep can grow (a second seed, another grid value) and keep its rows.
+# The study's own recipe is not in the table: a run folder refuses a changed recipe (RunMismatchError),
+# but a committed row without its run does not, so a change to a study's recipe needs a new sweep.
 RESULT_DEFINING = ("study", "recipe", "quick")
 
 
