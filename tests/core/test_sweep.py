@@ -312,6 +312,7 @@ def test_the_workers_of_a_stopped_sweep_save_their_steps_and_stop_too(tmp_path, 
     finally:
         sweep.kill()
     assert sweep.returncode != 0
+    assert ("stopping the sweep's 2 workers" in errors) == (stop != "SIGKILL")  # a killed sweep says nothing
     saved = re.findall(r"(\S+): stopped at step (\d+), saved; .*\(stopped by SIGTERM\)", errors)
     assert sorted(Path(run).name for run, _ in saved) == [run.name for run in runs], errors
     for run, step in saved:  # each worker saved the step it was at, and left its run folder

@@ -340,7 +340,10 @@ def _on_local_workers(sweep: Sweep, todo: list[Point], workers: int) -> Iterator
             for future in as_completed(futures):
                 yield future.result()
     except BaseException:
-        for worker in set(multiprocessing.active_children()) - others:  # this pool's workers
+        workers_now = set(multiprocessing.active_children()) - others  # this pool's workers
+        print(f"stopping the sweep's {len(workers_now)} workers: each saves the step it is at when that step ends "
+              "(a step being compiled, after the compilation)", file=sys.stderr, flush=True)
+        for worker in workers_now:
             worker.terminate()
         raise
     finally:
