@@ -113,9 +113,9 @@ def exclusive_lock(path: Path, what: str, error: type[LockedError] = LockedError
                    wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on file `path` (created if missing) while the block runs, or raise
     `error` (a LockedError) naming `what` and the holder's pid (with `wait`: wait for the holder to
-    release it, for locks held a moment, such as a table being rewritten). The lock is the operating system's
-    (`flock`), so it ends with the process that holds it however that process ends: a lock is never
-    stale. Where there is no `flock` (Windows, some network filesystems, a read-only folder) the
+    release it, for locks held a moment, such as a table being rewritten). The lock is the operating
+    system's (`flock`), so it ends with the process that holds it however that process ends: a lock is
+    never stale. Where there is no `flock` (Windows, some network filesystems, a read-only folder) the
     block runs unlocked, with a warning."""
     try:
         import fcntl
